@@ -1,0 +1,254 @@
+"""The `emorec` command line: parse, call the library, print. Nothing else lives here.
+
+Heavy imports (Keras, TensorFlow) happen inside the command handlers, so
+`emorec --help` and `emorec check` start in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from emorec import __version__
+from emorec.config import ARCHITECTURES, RECIPES, ConfigError, PredictConfig, TrainConfig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 1 failure, 2 usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"emorec {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their options."""
+    parser = argparse.ArgumentParser(prog="emorec", description="Facial emotion recognition: check, show, train, evaluate, predict.")
+    parser.add_argument("--version", action="version", version=f"emorec {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_check(commands)
+    _add_show(commands)
+    _add_pack(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_predict(commands)
+    return parser
+
+
+# ----------------------------------------------------------------------------
+# check
+# ----------------------------------------------------------------------------
+
+
+def _add_check(commands) -> None:
+    cmd = commands.add_parser("check", help="validate every image of a class-folder dataset")
+    cmd.add_argument("data", help="folder with one sub-folder per class")
+    action = cmd.add_mutually_exclusive_group()
+    action.add_argument("--quarantine", metavar="DIR", help="move invalid files into DIR (relative paths kept)")
+    action.add_argument("--delete", action="store_true", help="delete invalid files (default: report only)")
+    cmd.set_defaults(handler=_check)
+
+
+def _check(args) -> int:
+    from emorec import data
+
+    report = data.scan_dataset(args.data)
+    print(report.table())
+    if not report.invalid:
+        print("all files are valid images")
+        return 0
+    print(f"\n{len(report.invalid)} invalid file(s):")
+    for item in report.invalid:
+        print(f"  {item.path}: {item.reason}")
+    if args.quarantine:
+        moved = data.quarantine(report, args.quarantine)
+        print(f"moved {len(moved)} file(s) to {args.quarantine}")
+    elif args.delete:
+        deleted = data.delete_files(report)
+        print(f"deleted {len(deleted)} file(s)")
+    else:
+        print("nothing changed: use --quarantine DIR to move them aside or --delete to remove them")
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# show / pack
+# ----------------------------------------------------------------------------
+
+
+def _add_show(commands) -> None:
+    cmd = commands.add_parser("show", help="save a grid of sample images per class and a class-count chart")
+    cmd.add_argument("data", help="folder with one sub-folder per class")
+    cmd.add_argument("--out", default="samples.png", help="PNG for the sample grid (the chart goes to *_counts.png)")
+    cmd.add_argument("--per-class", type=int, default=8, help="samples per class (default 8)")
+    cmd.add_argument("--seed", type=int, default=0, help="which random samples to show")
+    cmd.add_argument("--exist-ok", action="store_true", help="replace existing PNGs")
+    cmd.set_defaults(handler=_show)
+
+
+def _show(args) -> int:
+    from emorec import data, visualize
+
+    report = data.scan_dataset(args.data)
+    grid, counts = visualize.save_overview(report, args.out, per_class=args.per_class, seed=args.seed, overwrite=args.exist_ok)
+    print(report.table())
+    print(f"saved {grid} and {counts}")
+    return 0
+
+
+def _add_pack(commands) -> None:
+    cmd = commands.add_parser("pack", help="decode train (and val) folders into one .npz(.xz) file for GPU machines")
+    cmd.add_argument("train", help="training class folders")
+    cmd.add_argument("out", help="output file ending in .npz or .npz.xz")
+    cmd.add_argument("--val", help="validation class folders, stored as the 'val' split")
+    cmd.add_argument("--image-size", type=int, default=48)
+    cmd.add_argument("--color-mode", choices=("grayscale", "rgb"), default="grayscale")
+    cmd.set_defaults(handler=_pack)
+
+
+def _pack(args) -> int:
+    from emorec import data
+
+    if not data.is_pack(args.out):
+        raise ValueError(f"{args.out}: pack files end in .npz or .npz.xz")
+    if Path(args.out).exists():
+        raise FileExistsError(f"{args.out}: already exists")
+    channels = 1 if args.color_mode == "grayscale" else 3
+    splits = {}
+    for split, folder in (("train", args.train), ("val", args.val)):
+        if folder:
+            report = data.scan_dataset(folder)
+            data.warn_invalid(report)
+            splits[split] = data.load_arrays(report, args.image_size, channels)
+            print(f"{split}: {len(splits[split])} images from {folder}")
+    path = data.save_pack(args.out, splits)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------
+
+_TRAIN_FLAGS_SKIPPED = {"data", "recipe"}
+
+
+def _add_train(commands) -> None:
+    cmd = commands.add_parser("train", help="train a model and write a run folder (runs/<name>/)")
+    cmd.add_argument("data", help="class folders (or a .npz pack from `emorec pack`)")
+    cmd.add_argument("--recipe", choices=sorted(RECIPES), default="", help="start from a named recipe (fer2013: the bundled model's)")
+    for item in dataclasses.fields(TrainConfig):
+        if item.name not in _TRAIN_FLAGS_SKIPPED:
+            _add_field_flag(cmd, item)
+    cmd.set_defaults(handler=_train)
+
+
+def _add_field_flag(cmd, item: dataclasses.Field) -> None:
+    flag = "--" + item.name.replace("_", "-")
+    help_text = f"{item.metadata['help']} (default: {item.default})"
+    if item.type in ("bool", bool):
+        cmd.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        return
+    kind = {"int": int, "float": float}.get(str(item.type), str)
+    choices = ARCHITECTURES if item.name == "arch" else None
+    cmd.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS, help=help_text)
+
+
+def _train(args) -> int:
+    from emorec.config import train_config
+
+    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k != "recipe"}
+    cfg = train_config(args.recipe, **overrides)
+    from emorec.train import train
+
+    result = train(cfg)
+    print(f"\nrun folder: {result.run_dir}")
+    print(f"best model: {result.best_model}  (best val accuracy {result.best_val_accuracy:.4f}, {result.seconds:.0f} s)")
+    print(result.report.table())
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------
+
+
+def _add_evaluate(commands) -> None:
+    cmd = commands.add_parser("evaluate", help="metrics, confusion matrix and JSON report of a model on labelled data")
+    cmd.add_argument("model", help=".keras file written by emorec train")
+    cmd.add_argument("data", help="class folders (or a .npz pack) to evaluate on")
+    cmd.add_argument("--out", default=None, help="folder for eval.json and confusion_matrix.png (default: next to the model)")
+    cmd.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    cmd.add_argument("--exist-ok", action="store_true", help="replace an existing report")
+    cmd.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from emorec.evaluate import evaluate
+
+    out = args.out or Path(args.model).resolve().parent
+    report = evaluate(args.model, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    if not args.json:
+        print(f"report and confusion matrix written to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# predict
+# ----------------------------------------------------------------------------
+
+
+def _add_predict(commands) -> None:
+    cmd = commands.add_parser("predict", help="recognize emotions in photos, folders or videos")
+    cmd.add_argument("sources", nargs="*", help="images, folders (walked recursively) or video files")
+    cmd.add_argument("--model", help=".keras model (default: the bundled FER2013 model)")
+    cmd.add_argument("--source", help="webcam index such as 0 (live video)")
+    cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
+    cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")
+    cmd.add_argument("--tta", action="store_true", help="average with the horizontally flipped face")
+    cmd.add_argument("--save-annotated", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
+    cmd.add_argument("--stride", type=int, default=1, help="video: classify every N-th frame")
+    cmd.add_argument("--smooth", type=float, default=0.0, help="video: smoothing of probabilities over frames, 0..0.99")
+    cmd.add_argument("--exist-ok", action="store_true", help="replace existing output files")
+    output = cmd.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print results as JSON")
+    output.add_argument("--csv", metavar="FILE", help="write one row per face to FILE")
+    cmd.set_defaults(handler=_predict)
+
+
+def _predict(args) -> int:
+    from emorec import predict
+
+    sources = list(args.sources) + ([args.source] if args.source is not None else [])
+    if not sources:
+        raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
+    cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
+                        save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok)
+    results = predict.run_predict(cfg, progress=not args.json)
+    if args.json:
+        print(predict.results_to_json(results))
+    else:
+        print(predict.format_results(results))
+    if args.csv:
+        predict.write_csv(results, args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

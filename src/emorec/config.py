@@ -1,0 +1,167 @@
+"""Configuration objects that flow from the CLI (or your code) into the stages.
+
+Every field has a default, a type and a one-line meaning. Values are checked
+when the object is built, so a typo fails at once with a clear message rather
+than an hour into training. Precedence: defaults < recipe < explicit values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ARCHITECTURES = ("seed", "vgg", "resnet")
+COLOR_MODES = ("grayscale", "rgb")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "plateau")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or out of range."""
+
+
+def _field(default: Any, help: str) -> Any:
+    """A dataclass field whose help text the CLI shows."""
+    if isinstance(default, list):
+        return field(default_factory=list, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything `emorec train` needs; saved as config.json in every run folder."""
+
+    data: str = _field("", "class-folder tree (or a .npz/.npz.xz pack made by `emorec pack`)")
+    val: str | None = _field(None, "separate validation tree/pack; else val_split of data")
+    val_split: float = _field(0.2, "fraction of data held out for validation when val is None")
+    arch: str = _field("seed", "architecture name, one of ARCHITECTURES")
+    epochs: int = _field(30, "maximum number of epochs")
+    batch_size: int = _field(64, "images per step")
+    image_size: int = _field(48, "images are resized to image_size x image_size")
+    color_mode: str = _field("grayscale", "grayscale or rgb")
+    optimizer: str = _field("adam", "adam, adamw or sgd (Nesterov momentum 0.9)")
+    learning_rate: float = _field(1e-3, "initial learning rate")
+    weight_decay: float = _field(0.0, "decoupled weight decay (adamw, sgd)")
+    schedule: str = _field("constant", "constant, cosine (with warmup) or plateau")
+    warmup_epochs: int = _field(0, "linear warmup epochs for the cosine schedule (at most epochs - 1)")
+    label_smoothing: float = _field(0.0, "cross-entropy label smoothing")
+    augment: bool = _field(False, "random shifts, flips, rotation, zoom, erasing")
+    class_weight: str = _field("none", "none or balanced (inverse class frequency)")
+    dropout: float = _field(0.5, "dropout rate before the classifier")
+    patience: int = _field(10, "early-stopping patience in epochs (0 disables it)")
+    mixed_precision: bool = _field(False, "train in bfloat16 mixed precision (GPU); saved in float32")
+    time_limit: float = _field(0.0, "stop after this many minutes, keeping the best (0: none)")
+    seed: int = _field(1337, "seed for the split, shuffling and initialisation")
+    project: str = _field("runs", "parent folder of run folders")
+    name: str = _field("", "run folder name; default is the architecture name")
+    exist_ok: bool = _field(False, "allow writing into an existing run folder")
+    recipe: str = _field("", "name of the recipe these values started from, if any")
+
+    def __post_init__(self) -> None:
+        _check_choice("arch", self.arch, ARCHITECTURES)
+        _check_choice("color_mode", self.color_mode, COLOR_MODES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("class_weight", self.class_weight, CLASS_WEIGHTS)
+        _check_range("val_split", self.val_split, 0.0, 0.9)
+        _check_range("epochs", self.epochs, 1, 10_000)
+        _check_range("batch_size", self.batch_size, 1, 65_536)
+        _check_range("image_size", self.image_size, 16, 1024)
+        _check_range("learning_rate", self.learning_rate, 1e-7, 10.0)
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _check_range("dropout", self.dropout, 0.0, 0.95)
+        _check_range("patience", self.patience, 0, 10_000)
+        _check_range("time_limit", self.time_limit, 0.0, 1e6)
+        _check_range("warmup_epochs", self.warmup_epochs, 0, 10_000)
+        if self.val is None and self.val_split == 0.0:
+            raise ConfigError("val_split=0 needs a separate validation set (--val DIR)")
+
+    @property
+    def channels(self) -> int:
+        """Number of colour channels the model takes."""
+        return 1 if self.color_mode == "grayscale" else 3
+
+    @property
+    def run_name(self) -> str:
+        """Folder name of the run under project/."""
+        return self.name or self.arch
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, ready for JSON."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# Recipes are named sets of TrainConfig values. `fer2013` is the recipe of the
+# bundled model: a VGG-style network, SGD with Nesterov momentum, a cosine
+# schedule, label smoothing, weight decay, augmentation and balanced class weights.
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": {},
+    "fer2013": {
+        "arch": "vgg",
+        "epochs": 120,
+        "batch_size": 128,
+        "optimizer": "sgd",
+        "learning_rate": 0.05,
+        "weight_decay": 5e-4,
+        "schedule": "cosine",
+        "warmup_epochs": 3,
+        "label_smoothing": 0.1,
+        "augment": True,
+        "class_weight": "balanced",
+        "dropout": 0.4,
+        "patience": 0,
+    },
+}
+
+
+def train_config(recipe: str = "", **overrides: Any) -> TrainConfig:
+    """Build a TrainConfig from a recipe name plus explicit values.
+
+    Unknown keys and unknown recipes raise ConfigError naming the culprit.
+    """
+    if recipe and recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    values = {**RECIPES.get(recipe, {}), **overrides, "recipe": recipe}
+    return TrainConfig(**values)
+
+
+@dataclass
+class PredictConfig:
+    """Everything `emorec predict` needs."""
+
+    sources: list[str] = _field([], "images, folders, videos, or a webcam index")
+    model: str | None = _field(None, ".keras file; None uses the bundled model")
+    detector: str = _field("auto", "face detector name (see emorec.faces)")
+    detect: bool = _field(True, "False treats every input as an already cropped face")
+    tta: bool = _field(False, "average with the horizontally flipped face")
+    save_annotated: str | None = _field(None, "folder for copies with boxes and labels drawn")
+    stride: int = _field(1, "video: classify every stride-th frame")
+    smooth: float = _field(0.0, "video: exponential smoothing of probabilities (0 = off, <1)")
+    exist_ok: bool = _field(False, "allow overwriting annotated outputs")
+
+    def __post_init__(self) -> None:
+        _check_range("stride", self.stride, 1, 100_000)
+        _check_range("smooth", self.smooth, 0.0, 0.99)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value!r} is out of range [{low}, {high}]")

@@ -1,0 +1,166 @@
+"""Evaluation: metrics on held-out data, JSON reports and plots (confusion matrix, history curves)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emorec import data as data_lib
+from emorec.files import save_figure, write_json
+
+
+@dataclass
+class EvalReport:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
+
+    accuracy: float
+    macro_f1: float
+    class_names: list[str]
+    precision: list[float]
+    recall: list[float]
+    f1: list[float]
+    support: list[int]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    images: int
+    tta: bool = False
+
+    def to_dict(self) -> dict:
+        """Plain dict, ready for JSON."""
+        return asdict(self)
+
+    def table(self) -> str:
+        """A printable per-class table with the overall figures."""
+        width = max(len("class"), *(len(n) for n in self.class_names))
+        lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+        for i, name in enumerate(self.class_names):
+            lines.append(
+                f"{name:<{width}}  {self.precision[i]:9.3f}  {self.recall[i]:6.3f}  {self.f1[i]:5.3f}  {self.support[i]:7d}"
+            )
+        lines.append(f"accuracy {self.accuracy:.4f}   macro-F1 {self.macro_f1:.4f}   images {self.images}")
+        return "\n".join(lines)
+
+
+def compute_metrics(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], tta: bool = False) -> EvalReport:
+    """Metrics from integer true labels and predicted labels."""
+    n = len(class_names)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    true_pos = np.diag(confusion).astype(float)
+    precision = _safe_divide(true_pos, confusion.sum(axis=0))
+    recall = _safe_divide(true_pos, confusion.sum(axis=1))
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    accuracy = float(true_pos.sum() / max(len(labels), 1))
+    return EvalReport(
+        accuracy=accuracy,
+        macro_f1=float(f1.mean()),
+        class_names=list(class_names),
+        precision=precision.round(4).tolist(),
+        recall=recall.round(4).tolist(),
+        f1=f1.round(4).tolist(),
+        support=confusion.sum(axis=1).tolist(),
+        confusion=confusion.tolist(),
+        images=int(len(labels)),
+        tta=tta,
+    )
+
+
+def _safe_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros_like(a, dtype=float), where=b > 0)
+
+
+def load_eval_data(source: str | Path, class_names: list[str], image_size: int, channels: int, progress: bool = True):
+    """Images and labels of a class-folder tree (or a pack's "val"/"test" split), indexed by class_names.
+
+    Raises DatasetError when a folder class is unknown to the model.
+    """
+    if data_lib.is_pack(source):
+        splits = data_lib.load_pack(source)
+        arrays = splits.get("test") or splits.get("val") or next(iter(splits.values()))
+    else:
+        report = data_lib.scan_dataset(source, progress=progress)
+        data_lib.warn_invalid(report)
+        arrays = data_lib.load_arrays(report, image_size, channels, progress=progress)
+    unknown = sorted(set(arrays.class_names) - set(class_names))
+    if unknown:
+        raise data_lib.DatasetError(f"{source}: classes {unknown} are not among the model's {class_names}")
+    remap = np.array([class_names.index(name) for name in arrays.class_names])
+    return arrays.images, remap[arrays.labels] if len(arrays) else arrays.labels
+
+
+def evaluate_model(model, info, source: str | Path, tta: bool = False, progress: bool = True) -> EvalReport:
+    """Evaluate a loaded model (with its ModelInfo) on a class-folder tree or pack."""
+    from emorec.model import predict_probabilities
+
+    images, labels = load_eval_data(source, info.class_names, info.image_size, info.channels, progress)
+    if len(labels) == 0:
+        raise data_lib.DatasetError(f"{source}: no valid images to evaluate on")
+    probs = predict_probabilities(model, images, tta=tta)
+    return compute_metrics(labels, probs.argmax(axis=1), info.class_names, tta)
+
+
+def evaluate(model_path: str | Path, source: str | Path, out_dir: str | Path | None = None, tta: bool = False,
+             progress: bool = True, overwrite: bool = False) -> EvalReport:
+    """Load a saved model, evaluate it on source and, if out_dir is set, write the report and plots there."""
+    from emorec.model import load_model
+
+    model, info = load_model(model_path)
+    report = evaluate_model(model, info, source, tta=tta, progress=progress)
+    if out_dir is not None:
+        write_report(report, out_dir, overwrite=overwrite)
+    return report
+
+
+def write_report(report: EvalReport, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """Write eval.json and confusion_matrix.png into out_dir; returns their paths."""
+    out_dir = Path(out_dir)
+    suffix = "_tta" if report.tta else ""
+    paths = {
+        "json": write_json(out_dir / f"eval{suffix}.json", report.to_dict(), overwrite),
+        "confusion": save_figure(plot_confusion(report), out_dir / f"confusion_matrix{suffix}.png", overwrite),
+    }
+    return paths
+
+
+def plot_confusion(report: EvalReport):
+    """A row-normalized confusion matrix figure, with counts in each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.array(report.confusion)
+    rates = _safe_divide(counts.astype(float), counts.sum(axis=1, keepdims=True).repeat(counts.shape[1], axis=1))
+    figure, axes = plt.subplots(figsize=(1.0 + 0.9 * len(counts), 0.8 + 0.8 * len(counts)))
+    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (row, col), count in np.ndenumerate(counts):
+        colour = "white" if rates[row, col] > 0.5 else "black"
+        axes.text(col, row, f"{rates[row, col]:.2f}\n{count}", ha="center", va="center", fontsize=8, color=colour)
+    ticks = range(len(report.class_names))
+    axes.set_xticks(ticks, report.class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, report.class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"accuracy {report.accuracy:.3f}, macro-F1 {report.macro_f1:.3f}" + (" (TTA)" if report.tta else ""))
+    return figure
+
+
+def plot_history(history: dict[str, list[float]], metric: str):
+    """One training curve (e.g. "loss" or "accuracy"), train vs validation, per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    values = history.get(metric, [])
+    epochs = np.arange(1, len(values) + 1)
+    axes.plot(epochs, values, marker=".", label=f"train {metric}")
+    if f"val_{metric}" in history:
+        axes.plot(epochs, history[f"val_{metric}"], marker=".", label=f"val {metric}")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(metric)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return figure

@@ -1,0 +1,256 @@
+"""Find faces in photos and cut them out framed like FER2013 crops.
+
+Two detectors, both offline with weights that come from a PyPI install:
+
+* ``"yunet"``: libfacedetection's YuNet CNN through the ``yuface`` wheel
+  (weights compiled into the extension). Gives a confidence and 5 landmarks.
+* ``"haar"``: OpenCV's bundled frontal-face Haar cascade. Always available.
+
+``create_detector("auto")`` picks yunet when ``yuface`` imports, else haar.
+Measured on the 56 one-face photos in shared/data/photos (2-core CPU):
+yunet finds exactly one face in 56/56 (26 ms), haar in 50/56 (48 ms); see
+benchmarks/detectors.py for the numbers.
+
+Boxes are in pixels of the original image and may reach past its edges when
+the face is cut by the frame (tight crops); use :func:`crop_face` to cut them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+# yuface runs on its own OpenMP runtime, whose idle threads spin by default; on
+# a busy 2-core machine that made each call 5-20x slower (27 vs 680 ms measured).
+# Must be set before the import; an explicit user setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+try:
+    import yuface
+except ImportError:  # optional: "auto" then falls back to haar
+    yuface = None
+
+DETECTORS: tuple[str, ...] = ("haar", "yunet") if yuface is not None else ("haar",)
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+
+# Before detection, small images are enlarged so the short side is at least
+# MIN_SIDE px, and a black border of PAD_FRACTION * long side is added on every
+# side: many photos are tight face crops, and both detectors miss faces that
+# touch the frame. Haar finds 36/56 photo faces without this, 50/56 with it;
+# yunet 55/56 without, 56/56 with.
+MIN_SIDE = 160
+PAD_FRACTION = 0.25
+
+# Two boxes overlapping by more than this fraction of the smaller one are the
+# same face; the better-scored one is kept.
+SAME_FACE_OVERLAP = 0.5
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in the coordinates of the original image."""
+
+    box: tuple[int, int, int, int]  # x, y, w, h in pixels of the original image
+    score: float  # detector confidence in [0, 1] (1.0 for Haar)
+    # 5 points (right eye, left eye, nose, right and left mouth corner, as seen
+    # in the image: first eye is the one with the smaller x) where given
+    landmarks: tuple[tuple[float, float], ...] | None = None
+
+
+class FaceDetector(Protocol):
+    """Anything that finds faces in a uint8 HxWx3 BGR image."""
+
+    name: str
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        """Return the faces in ``image_bgr``, sorted left to right."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """How a prepared image maps back to the original: orig = (p - pad) / scale."""
+
+    scale: float
+    pad: int
+
+    def point(self, x: float, y: float) -> tuple[float, float]:
+        return (x - self.pad) / self.scale, (y - self.pad) / self.scale
+
+    def box(self, x: float, y: float, w: float, h: float) -> tuple[int, int, int, int]:
+        x0, y0 = self.point(x, y)
+        return round(x0), round(y0), round(w / self.scale), round(h / self.scale)
+
+
+def _prepare(image: np.ndarray, max_side: int) -> tuple[np.ndarray, _Frame]:
+    """Resize (up to MIN_SIDE, down to fit max_side) and pad with black."""
+    h, w = image.shape[:2]
+    scale = max(1.0, MIN_SIDE / min(h, w))
+    scale = min(scale, max_side / (max(h, w) * (1 + 2 * PAD_FRACTION)))
+    if scale != 1.0:
+        method = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
+        image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=method)
+    pad = round(PAD_FRACTION * max(image.shape[:2]))
+    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    return padded, _Frame(scale, pad)
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    """Accept gray (HxW or HxWx1) and BGRA images as well as BGR."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def _overlap(a: Face, b: Face) -> float:
+    """Intersection area over the area of the smaller box."""
+    ax, ay, aw, ah = a.box
+    bx, by, bw, bh = b.box
+    iw = min(ax + aw, bx + bw) - max(ax, bx)
+    ih = min(ay + ah, by + bh) - max(ay, by)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    return iw * ih / min(aw * ah, bw * bh)
+
+
+def _finish(faces: list[Face], ranks: list[float], min_size: int) -> list[Face]:
+    """Drop tiny boxes, keep the best of overlapping ones, sort left to right."""
+    order = sorted(range(len(faces)), key=lambda i: ranks[i], reverse=True)
+    kept: list[Face] = []
+    for i in order:
+        face = faces[i]
+        if min(face.box[2:]) < min_size:
+            continue
+        if all(_overlap(face, other) <= SAME_FACE_OVERLAP for other in kept):
+            kept.append(face)
+    return sorted(kept, key=lambda f: (f.box[0], f.box[1]))
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade on the histogram-equalized gray image."""
+
+    name = "haar"
+
+    def __init__(self, min_size: int = 20, scale_factor: float = 1.1,
+                 min_neighbors: int = 5, max_side: int = 1280):
+        path = cv2.data.haarcascades + HAAR_CASCADE
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise RuntimeError(f"cannot load the Haar cascade {path}")
+        self.min_size = min_size
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.max_side = max_side
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        """Return the faces in ``image_bgr``, sorted left to right (score 1.0)."""
+        gray = cv2.cvtColor(_as_bgr(image_bgr), cv2.COLOR_BGR2GRAY)
+        # Equalize before padding so the black border does not skew the histogram.
+        prepared, frame = _prepare(cv2.equalizeHist(gray), self.max_side)
+        smallest = max(24, math.ceil(self.min_size * frame.scale))
+        boxes, neighbours = self._cascade.detectMultiScale2(
+            prepared, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(smallest, smallest))
+        faces = [Face(frame.box(*box), 1.0) for box in boxes]
+        return _finish(faces, [float(n) for n in neighbours], self.min_size)
+
+
+class YuNetDetector:
+    """libfacedetection's YuNet CNN (``yuface`` package): box, score, 5 landmarks."""
+
+    name = "yunet"
+
+    def __init__(self, min_size: int = 20, threshold: float = 0.6, max_side: int = 640):
+        if yuface is None:
+            raise ImportError("the yunet detector needs the yuface package: pip install yuface")
+        self.min_size = min_size
+        self.threshold = threshold
+        self.max_side = max_side
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        """Return the faces in ``image_bgr``, sorted left to right."""
+        prepared, frame = _prepare(_as_bgr(image_bgr), self.max_side)
+        scores, boxes, points = yuface.detect(np.ascontiguousarray(prepared), conf=self.threshold)
+        faces = [self._face(frame, s, b, p) for s, b, p in zip(scores, boxes, points)]
+        return _finish(faces, [f.score for f in faces], self.min_size)
+
+    @staticmethod
+    def _face(frame: _Frame, score, box, points) -> Face:
+        # yuface gives the score as an integer percentage.
+        marks = tuple(frame.point(float(points[i]), float(points[i + 1])) for i in range(0, 10, 2))
+        return Face(frame.box(*(int(v) for v in box)), min(1.0, float(score) / 100.0), marks)
+
+
+def create_detector(name: str = "auto", min_size: int = 20) -> FaceDetector:
+    """Build a detector by name: "auto" (yunet if installed, else haar), "haar", "yunet"."""
+    if name == "auto":
+        name = "yunet" if "yunet" in DETECTORS else "haar"
+    if name == "haar":
+        return HaarDetector(min_size=min_size)
+    if name == "yunet":
+        return YuNetDetector(min_size=min_size)
+    raise ValueError(f"unknown face detector {name!r}; choose one of: auto, {', '.join(DETECTORS)}")
+
+
+# --- FER2013 framing ------------------------------------------------------
+# Calibrated with `python benchmarks/detectors.py --calibrate --per-class 150`:
+# 956 FER2013 val images (48x48, each image is the crop) were run through the
+# detectors and the crop was measured against the single detected box.
+# Medians [quartiles]:
+#   crop side / max(box w, box h): haar 1.02 [0.96, 1.09] (751 faces found),
+#                                  yunet 0.98 [0.92, 1.07] (895 found)
+#   yunet box h / w: 1.23 (haar boxes are square), so by width it is 1.20
+#   crop centre - box centre, in box sizes: x 0.00 / +0.01, y +0.01 / -0.02
+#   via yunet landmarks: side / eye-to-mouth distance 2.64 [2.38, 2.92], a
+#     wider spread than the box, so landmarks are not used for framing
+#   eye-line roll in FER itself: median 1.1 deg [-1.5, 4.2]; FER faces are
+#     not levelled, so neither are ours
+# So a FER crop is the square on the box centre with the box's longer side,
+# for both detectors.
+FER_BOX_SCALE = 1.0  # crop side / max(box w, box h)
+FER_BOX_SHIFT = 0.0  # (crop centre y - box centre y) / box height
+
+
+def _fer_square(face: Face) -> tuple[float, float, float]:
+    """Centre x, centre y and side of the FER-style square crop for ``face``."""
+    x, y, w, h = face.box
+    return x + w / 2, y + h / 2 + FER_BOX_SHIFT * h, FER_BOX_SCALE * max(w, h)
+
+
+def crop_face(image_bgr: np.ndarray, face: Face, size: int = 48, grayscale: bool = True) -> np.ndarray:
+    """Cut ``face`` out framed like a FER2013 image.
+
+    Returns uint8 (size, size, 1) gray, or (size, size, 3) RGB when
+    ``grayscale`` is False. Parts of the square outside the image repeat
+    the edge pixels.
+    """
+    image = _as_bgr(image_bgr)
+    cx, cy, side = _fer_square(face)
+    side = max(1, round(side))
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
+    patch = _cut_padded(image, x0, y0, side)
+    method = cv2.INTER_AREA if side >= size else cv2.INTER_LINEAR
+    patch = cv2.resize(patch, (size, size), interpolation=method)
+    if grayscale:
+        return cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY)[:, :, None]
+    return cv2.cvtColor(patch, cv2.COLOR_BGR2RGB)
+
+
+def _cut_padded(image: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+    """The side x side square at (x0, y0), edge-replicated where it leaves the image."""
+    h, w = image.shape[:2]
+    top, left = max(0, -y0), max(0, -x0)
+    bottom, right = max(0, y0 + side - h), max(0, x0 + side - w)
+    inside = image[max(0, y0):min(h, y0 + side), max(0, x0):min(w, x0 + side)]
+    if inside.size == 0:  # the square misses the image entirely
+        return np.zeros((side, side, 3), np.uint8)
+    return cv2.copyMakeBorder(inside, top, bottom, left, right, cv2.BORDER_REPLICATE)

@@ -1,0 +1,332 @@
+"""Model architectures, and saving/loading models that describe themselves.
+
+Every model takes raw pixels (0-255, uint8 or float): `Rescaling(1/255)` is its
+first layer, and training-only augmentation layers follow it, so a saved
+`.keras` file can never be fed differently from how it was trained.
+
+A saved model carries an `emorec.json` member inside the `.keras` zip with its
+class names, input size and colour mode; `keras.models.load_model` still
+loads the file as usual, and `load_model` here returns both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import keras
+from keras import layers
+
+METADATA_MEMBER = "emorec.json"
+BUNDLED_MODEL = Path(__file__).parent / "models" / "emorec-fer2013.keras"
+
+
+@dataclass
+class ModelInfo:
+    """What a saved model needs to be used again."""
+
+    class_names: list[str]
+    image_size: int = 48
+    color_mode: str = "grayscale"
+    arch: str = "seed"
+    preprocessing: str = "raw pixels 0-255; the model rescales to [0, 1] itself"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        """Colour channels of the model input."""
+        return 1 if self.color_mode == "grayscale" else 3
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of one input image."""
+        return (self.image_size, self.image_size, self.channels)
+
+
+# ----------------------------------------------------------------------------
+# Architectures
+# ----------------------------------------------------------------------------
+
+
+class FaceAugment(layers.Layer):
+    """Training-time augmentation for face crops; the identity at inference.
+
+    Per image: a horizontal flip (expressions are near-symmetric), one random
+    affine warp (rotation up to ±rotation degrees, zoom by up to ±zoom, shift
+    by up to ±shift of the side) and, with probability erase_prob, a random
+    rectangle (2-15% of the area) set to black so the network cannot lean on
+    one region such as the mouth.
+
+    Written with keras.ops only, so it compiles under XLA on JAX; Keras' own
+    RandomRotation/Zoom/Translation layers opt out of jit, which makes a JAX
+    training step run eagerly and about 50x slower. Training copies the
+    trained weights into a model without this layer before saving.
+    """
+
+    def __init__(self, rotation=15.0, zoom=0.15, shift=0.1, erase_prob=0.5, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rotation, self.zoom, self.shift, self.erase_prob, self.seed = rotation, zoom, shift, erase_prob, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        # TensorFlow's projective-transform op has no XLA kernel; JAX and PyTorch compile it fine.
+        self.supports_jit = keras.backend.backend() != "tensorflow"
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        ops = keras.ops
+        images = ops.convert_to_tensor(images)
+        batch, height, width = ops.shape(images)[0], images.shape[1], images.shape[2]
+        flip = keras.random.uniform((batch, 1, 1, 1), seed=self.seed_generator) < 0.5
+        images = ops.where(flip, ops.flip(images, axis=2), images)
+        images = ops.image.affine_transform(images, self._random_affine(batch, height, width), fill_mode="nearest")
+        return images * self._erase_mask(batch, height, width, images.dtype)
+
+    def _uniform(self, batch, low, high):
+        return keras.random.uniform((batch,), low, high, seed=self.seed_generator)
+
+    def _random_affine(self, batch, height, width):
+        # Maps output pixel (x, y) to input (a0 x + a1 y + a2, b0 x + b1 y + b2), about the centre.
+        ops = keras.ops
+        angle = self._uniform(batch, -1.0, 1.0) * (self.rotation * np.pi / 180)
+        scale = 1.0 / (1.0 + self._uniform(batch, -self.zoom, self.zoom))
+        dx = self._uniform(batch, -self.shift, self.shift) * width
+        dy = self._uniform(batch, -self.shift, self.shift) * height
+        cos, sin = ops.cos(angle) * scale, ops.sin(angle) * scale
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        a2 = cx - cos * cx + sin * cy + dx
+        b2 = cy - sin * cx - cos * cy + dy
+        zeros = ops.zeros_like(cos)
+        return ops.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
+
+    def _erase_mask(self, batch, height, width, dtype):
+        ops = keras.ops
+        area = self._uniform(batch, 0.02, 0.15)
+        ratio = ops.exp(self._uniform(batch, np.log(0.5), np.log(2.0)))
+        h = ops.sqrt(area * ratio) * height
+        w = ops.sqrt(area / ratio) * width
+        top = self._uniform(batch, 0.0, 1.0) * (height - h)
+        left = self._uniform(batch, 0.0, 1.0) * (width - w)
+        rows = ops.arange(height, dtype="float32")[None, :, None]
+        cols = ops.arange(width, dtype="float32")[None, None, :]
+        inside = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
+                  & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None]))
+        erase = (self._uniform(batch, 0.0, 1.0) < self.erase_prob)[:, None, None]
+        return ops.cast(~(inside & erase), dtype)[..., None]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
+                "erase_prob": self.erase_prob, "seed": self.seed}
+
+
+def _conv_bn_relu(x, filters: int, stride: int = 1):
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
+    x = layers.BatchNormalization()(x)
+    return layers.Activation("relu")(x)
+
+
+def seed_backbone(x, dropout: float):
+    """The classic notebook CNN: three Conv2D/MaxPooling blocks, Flatten, Dense, Dropout."""
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(128, activation="relu")(x)
+    return layers.Dropout(dropout)(x)
+
+
+def vgg_backbone(x, dropout: float):
+    """VGG-style network for 48x48 faces: four stages of two 3x3 conv+BN+ReLU, max pooling.
+
+    Widths 64-128-256-512 (48 -> 24 -> 12 -> 6 -> 3), global average pooling
+    and one 256-unit hidden layer keep it near 4.9M parameters (about 19 MB).
+    """
+    for filters in (64, 128, 256, 512):
+        x = _conv_bn_relu(x, filters)
+        x = _conv_bn_relu(x, filters)
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(256, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    return layers.Dropout(dropout)(x)
+
+
+def _basic_block(x, filters: int, stride: int):
+    shortcut = x
+    y = _conv_bn_relu(x, filters, stride)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(y)
+    y = layers.BatchNormalization(gamma_initializer="zeros")(y)  # each block starts as identity
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+        shortcut = layers.BatchNormalization()(shortcut)
+    return layers.Activation("relu")(layers.Add()([y, shortcut]))
+
+
+def resnet_backbone(x, dropout: float):
+    """A small ResNet-18-style network: 3x3 stem, four stages of two basic blocks.
+
+    Widths 32-64-128-256 at 48-24-12-6 pixels, about 2.8M parameters.
+    """
+    x = _conv_bn_relu(x, 32)
+    for stage, filters in enumerate((32, 64, 128, 256)):
+        x = _basic_block(x, filters, stride=1 if stage == 0 else 2)
+        x = _basic_block(x, filters, stride=1)
+    x = layers.GlobalAveragePooling2D()(x)
+    return layers.Dropout(dropout)(x)
+
+
+BACKBONES: dict[str, Callable] = {"seed": seed_backbone, "vgg": vgg_backbone, "resnet": resnet_backbone}
+
+
+def build_model(
+    arch: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    augment: bool = False,
+    dropout: float = 0.5,
+    seed: int | None = None,
+) -> keras.Model:
+    """Build an uncompiled classifier that takes raw pixels.
+
+    The output is one sigmoid unit for two classes and a softmax over
+    num_classes otherwise.
+    """
+    if arch not in BACKBONES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(BACKBONES)}")
+    if num_classes < 2:
+        raise ValueError(f"need at least two classes, got {num_classes}")
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    if augment:
+        x = FaceAugment(seed=seed, name="augmentation")(x)
+    x = BACKBONES[arch](x, dropout)
+    if num_classes == 2:
+        outputs = layers.Dense(1, activation="sigmoid", name="emotion", dtype="float32")(x)
+    else:
+        outputs = layers.Dense(num_classes, activation="softmax", name="emotion", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=f"emorec_{arch}")
+
+
+def inference_copy(model: keras.Model, arch: str, dropout: float = 0.5) -> keras.Model:
+    """The same network in float32 without augmentation, carrying model's trained weights.
+
+    Saved models are built from standard Keras layers only, so plain
+    `keras.models.load_model` reads them without importing emorec.
+    """
+    keras.config.set_dtype_policy("float32")
+    plain = build_model(arch, model.input_shape[1:], _num_classes(model), augment=False, dropout=dropout)
+    trained = [layer for layer in model.layers if not isinstance(layer, FaceAugment)]
+    for source, target in zip(trained, plain.layers, strict=True):
+        target.set_weights(source.get_weights())
+    return plain
+
+
+def _num_classes(model: keras.Model) -> int:
+    units = model.output_shape[-1]
+    return 2 if units == 1 else units
+
+
+def count_flops(model: keras.Model) -> int:
+    """Multiply-accumulates x 2 per image for the Conv2D and Dense layers."""
+    total = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, layers.Conv2D):
+            out_h, out_w = layer.output.shape[1:3]
+            kernel = int(np.prod(layer.kernel.shape))
+            total += 2 * out_h * out_w * kernel
+        elif isinstance(layer, layers.Dense):
+            total += 2 * int(np.prod(layer.kernel.shape))
+    return total
+
+
+def _all_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+# ----------------------------------------------------------------------------
+# Inference helpers shared by evaluate and predict
+# ----------------------------------------------------------------------------
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray, tta: bool = False, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, num_classes) for raw-pixel images (N, H, W, C).
+
+    With tta, averages with the horizontally flipped images. A binary model's
+    single sigmoid output becomes two columns [p(first), p(second)].
+    """
+    images = np.asarray(images, dtype=np.float32)
+    probs = _forward(model, images, batch_size)
+    if tta:
+        probs = (probs + _forward(model, images[:, :, ::-1, :], batch_size)) / 2
+    return probs
+
+
+def _forward(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    if len(images) <= batch_size:
+        probs = keras.ops.convert_to_numpy(model(images, training=False))
+    else:
+        probs = model.predict(images, batch_size=batch_size, verbose=0)
+    probs = np.asarray(probs, dtype=np.float32)
+    return np.concatenate([1 - probs, probs], axis=1) if probs.shape[1] == 1 else probs
+
+
+# ----------------------------------------------------------------------------
+# Saving and loading
+# ----------------------------------------------------------------------------
+
+
+def save_model(model: keras.Model, path: str | Path, info: ModelInfo, overwrite: bool = False) -> Path:
+    """Save model + metadata atomically to a `.keras` file.
+
+    Refuses to replace an existing file unless overwrite is True.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"{path}: model files must end in .keras")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists (pass overwrite=True / --exist-ok to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(METADATA_MEMBER, json.dumps(asdict(info), indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_info(path: str | Path) -> ModelInfo:
+    """Read the metadata of a saved model without loading Keras weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return ModelInfo(**json.loads(archive.read(METADATA_MEMBER)))
+    except KeyError:
+        raise ValueError(f"{path}: a Keras model without emorec metadata (class names unknown)") from None
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path}: not a .keras model file") from None
+
+
+def load_model(path: str | Path | None = None) -> tuple[keras.Model, ModelInfo]:
+    """Load a saved model and its metadata; None loads the bundled model."""
+    path = Path(path) if path is not None else BUNDLED_MODEL
+    info = read_info(path)
+    return keras.models.load_model(path, compile=False), info

@@ -1,0 +1,138 @@
+"""Face detection and FER-style cropping on real photos and generated images."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emorec.faces import DETECTORS, Face, create_detector, crop_face
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PHOTOS = DATA / "photos"
+# 350x350 photos that every detector finds (see benchmarks/detectors.py).
+NAMES = ["Arnaud_Lagardere_0001.jpg", "Beyonce_Knowles_0001.jpg", "Carson_Palmer_0004.jpg"]
+
+needs_data = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"no photos at {PHOTOS}")
+
+
+@pytest.fixture(scope="module", params=DETECTORS)
+def detector(request):
+    return create_detector(request.param)
+
+
+def photo(name: str) -> np.ndarray:
+    image = cv2.imread(str(PHOTOS / name))
+    assert image is not None, name
+    return image
+
+
+def centre(box):
+    x, y, w, h = box
+    return x + w / 2, y + h / 2
+
+
+@needs_data
+@pytest.mark.parametrize("name", NAMES)
+def test_finds_the_face_in_a_photo(detector, name):
+    image = photo(name)
+    found = detector.detect(image)
+    assert len(found) == 1
+    cx, cy = centre(found[0].box)
+    h, w = image.shape[:2]
+    assert 0.25 * w < cx < 0.75 * w and 0.2 * h < cy < 0.8 * h
+    assert 0.0 <= found[0].score <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["black", "gray", "noise"])
+def test_no_faces_in_blank_or_noise(detector, kind):
+    image = {
+        "black": np.zeros((240, 320, 3), np.uint8),
+        "gray": np.full((240, 320, 3), 128, np.uint8),
+        "noise": np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8),
+    }[kind]
+    assert detector.detect(image) == []
+
+
+@needs_data
+def test_several_faces_sorted_left_to_right(detector):
+    tiles = [cv2.copyMakeBorder(cv2.resize(photo(n), (200, 200)), 60, 60, 40, 40,
+                                cv2.BORDER_CONSTANT, value=(255, 255, 255)) for n in NAMES]
+    found = detector.detect(np.hstack(tiles))
+    assert len(found) == len(NAMES)
+    # Each face lies in its own 280-px-wide tile, in order.
+    assert [int(centre(f.box)[0] // 280) for f in found] == list(range(len(NAMES)))
+
+
+def test_yunet_gives_five_landmarks_inside_the_box():
+    if "yunet" not in DETECTORS:
+        pytest.skip("yuface is not installed")
+    if not PHOTOS.is_dir():
+        pytest.skip(f"no photos at {PHOTOS}")
+    face = create_detector("yunet").detect(photo(NAMES[0]))[0]
+    x, y, w, h = face.box
+    assert len(face.landmarks) == 5
+    assert all(x <= px <= x + w and y <= py <= y + h for px, py in face.landmarks)
+    assert face.landmarks[0][0] < face.landmarks[1][0]  # eyes left to right
+
+
+def test_auto_prefers_yunet_when_available():
+    assert create_detector().name == ("yunet" if "yunet" in DETECTORS else "haar")
+
+
+def test_unknown_detector_names_the_choices():
+    with pytest.raises(ValueError, match="haar"):
+        create_detector("nope")
+
+
+@pytest.mark.parametrize("grayscale, channels", [(True, 1), (False, 3)])
+def test_crop_shape_and_dtype(grayscale, channels):
+    image = np.random.default_rng(1).integers(0, 256, (120, 160, 3), np.uint8)
+    crop = crop_face(image, Face((40, 30, 50, 60), 1.0), size=64, grayscale=grayscale)
+    assert crop.shape == (64, 64, channels) and crop.dtype == np.uint8
+
+
+@pytest.mark.parametrize("box", [(-30, -20, 80, 80), (130, 90, 60, 60), (500, 500, 40, 40), (0, 0, 1, 1)])
+def test_crop_at_or_past_the_edge(box):
+    image = np.full((120, 160, 3), 200, np.uint8)
+    crop = crop_face(image, Face(box, 1.0))
+    assert crop.shape == (48, 48, 1)
+
+
+def test_crop_is_rgb_not_bgr():
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[..., 2] = 255  # pure red in BGR
+    crop = crop_face(image, Face((25, 25, 50, 50), 1.0), grayscale=False)
+    assert (crop[..., 0] == 255).all() and (crop[..., 2] == 0).all()
+
+
+@pytest.mark.skipif(not (DATA / "fer2013" / "val").is_dir(), reason="no FER2013 val data")
+def test_crop_reproduces_fer_framing():
+    """Upscaled, padded FER images cropped back should look like the originals."""
+    paths = sorted((DATA / "fer2013" / "val" / "happy").iterdir())[:12]
+    detector = create_detector()
+    scores = []
+    for path in paths:
+        small = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        big = cv2.copyMakeBorder(cv2.resize(small, (192, 192), interpolation=cv2.INTER_CUBIC),
+                                 48, 48, 48, 48, cv2.BORDER_CONSTANT)
+        found = detector.detect(cv2.cvtColor(big, cv2.COLOR_GRAY2BGR))
+        if len(found) == 1:
+            crop = crop_face(big, found[0])[:, :, 0]
+            scores.append(np.corrcoef(crop.ravel(), small.ravel())[0, 1])
+    assert len(scores) >= 8
+    assert np.median(scores) > 0.4
+
+
+def test_auto_falls_back_to_haar_without_yuface():
+    # A fresh interpreter where `import yuface` fails, as when it is not installed.
+    code = ("import sys; sys.modules['yuface'] = None\n"
+            "from emorec.faces import DETECTORS, create_detector\n"
+            "print(DETECTORS, create_detector().name)")
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["('haar',)", "haar"]
