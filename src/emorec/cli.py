@@ -237,6 +237,8 @@ def _predict(args) -> int:
     sources = list(args.sources) + ([args.source] if args.source is not None else [])
     if not sources:
         raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
+    if args.csv and Path(args.csv).exists() and not args.exist_ok:
+        raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
     cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
                         save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok)
     results = predict.run_predict(cfg, progress=not args.json)
@@ -247,7 +249,7 @@ def _predict(args) -> int:
     if args.csv:
         predict.write_csv(results, args.csv)
         print(f"wrote {args.csv}")
-    return 0
+    return 1 if any(result.error for result in results) else 0
 
 
 if __name__ == "__main__":

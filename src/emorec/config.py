@@ -107,7 +107,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "seed": {},
     "fer2013": {
         "arch": "vgg",
-        "epochs": 120,
+        "epochs": 130,
         "batch_size": 128,
         "optimizer": "sgd",
         "learning_rate": 0.05,

@@ -1,0 +1,64 @@
+"""Visualization of a dataset: a grid of sample images per class and a class-count chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from emorec.data import ScanReport, read_image
+from emorec.files import save_figure
+
+
+def sample_grid(report: ScanReport, per_class: int = 8, seed: int = 0):
+    """A figure with one row per class and up to per_class random images in each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    names = report.class_names
+    figure, axes = plt.subplots(len(names), per_class, figsize=(1.3 * per_class, 1.4 * len(names)), squeeze=False)
+    for row, name in enumerate(names):
+        files = report.files[name]
+        picks = rng.choice(len(files), size=min(per_class, len(files)), replace=False) if files else []
+        for col, axis in enumerate(axes[row]):
+            axis.axis("off")
+            if col < len(picks):
+                axis.imshow(read_image(files[picks[col]])[..., ::-1])
+        axes[row][0].set_title(f"{name} ({len(files)})", loc="left", fontsize=9)
+    figure.suptitle(f"{report.root}: {report.total} images in {len(names)} classes")
+    return figure
+
+
+def count_chart(report: ScanReport):
+    """A bar chart of valid images per class, with the count on each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = report.counts
+    figure, axis = plt.subplots(figsize=(1.0 + 0.9 * len(counts), 3.5))
+    bars = axis.bar(list(counts), list(counts.values()), color="tab:blue")
+    axis.bar_label(bars)
+    axis.set_ylabel("images")
+    axis.set_title("images per class")
+    axis.tick_params(axis="x", rotation=30)
+    return figure
+
+
+def save_overview(report: ScanReport, out: str | Path, per_class: int = 8, seed: int = 0,
+                  overwrite: bool = False) -> tuple[Path, Path]:
+    """Save the sample grid to out and the count chart beside it as <out stem>_counts.png."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"{out}: the output must be a .png file")
+    counts_path = out.with_name(f"{out.stem}_counts.png")
+    for path in (out, counts_path):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: already exists (use --exist-ok to replace it)")
+    grid = save_figure(sample_grid(report, per_class, seed), out, overwrite)
+    chart = save_figure(count_chart(report), counts_path, overwrite)
+    return grid, chart
