@@ -253,14 +253,15 @@ def load_arrays(report: ScanReport, image_size: int, channels: int, progress: bo
     images, labels = [], []
     pairs = [(label, path) for label, name in enumerate(report.class_names) for path in report.files[name]]
     for label, path in _progress(pairs, "loading", progress):
-        images.append(_resize(read_image(path), image_size, channels))
+        images.append(to_model_input(read_image(path), image_size, channels))
         labels.append(label)
     shape = (0, image_size, image_size, channels)
     stacked = np.stack(images) if images else np.zeros(shape, np.uint8)
     return ArrayData(stacked, np.array(labels, np.int32), report.class_names)
 
 
-def _resize(bgr: np.ndarray, size: int, channels: int) -> np.ndarray:
+def to_model_input(bgr: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """A BGR image as a (size, size, channels) model input: gray or RGB, resized with INTER_AREA."""
     image = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[..., None] if channels == 1 else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if image.shape[:2] != (size, size):
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)

@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 
 from emorec.config import PredictConfig
-from emorec.data import IMAGE_EXTENSIONS, ImageReadError, read_image
+from emorec.data import IMAGE_EXTENSIONS, ImageReadError, read_image, to_model_input
+from emorec.files import atomic_write_bytes
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 CHUNK = 16  # images decoded and held before one model call in predict_images
@@ -180,7 +181,7 @@ class Recognizer:
         """The model input (size, size, channels) for one face, or the whole image when face is None."""
         size, gray = self.info.image_size, self.info.color_mode == "grayscale"
         if face is None:
-            return _resize_whole(image_bgr, size, gray)
+            return to_model_input(image_bgr, size, 1 if gray else 3)
         from emorec.faces import crop_face
 
         return crop_face(image_bgr, face, size=size, grayscale=gray)
@@ -245,13 +246,6 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     if array.size and array.max() <= 1.0:  # floats in [0, 1] (skimage, matplotlib)
         array = array * 255
     return np.clip(array.round(), 0, 255).astype(np.uint8)
-
-
-def _resize_whole(image_bgr: np.ndarray, size: int, gray: bool) -> np.ndarray:
-    image = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY) if gray else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-    if image.shape[:2] != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return image.reshape(size, size, 1 if gray else 3)
 
 
 # ----------------------------------------------------------------------------
@@ -427,17 +421,8 @@ def save_annotated(image_bgr: np.ndarray, faces: Sequence[FaceResult], path: str
     ok, encoded = cv2.imencode(suffix, annotate(image_bgr, faces))
     if not ok:
         raise OSError(f"{path}: could not encode the annotated image")
-    _atomic_write(path, encoded.tobytes())
+    atomic_write_bytes(path, encoded.tobytes())
     return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------
@@ -692,7 +677,7 @@ def write_csv(results: Sequence[ImageResult], path: str | Path, class_names: Seq
             writer.writerows(_csv_rows(result, classes))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, buffer.getvalue().encode())
+    atomic_write_bytes(path, buffer.getvalue().encode())
     return path
 
 

@@ -1,0 +1,106 @@
+"""Shared fixtures: the shared data root, small FER2013 subsets copied into tmp, image writers, one trained run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FER = DATA / "fer2013"
+PHOTOS = DATA / "photos"
+BUNDLED = Path(__file__).resolve().parents[1] / "src" / "emorec" / "models" / "emorec-fer2013.keras"
+
+# Three classes that are plentiful in FER2013 and fairly distinct.
+SMALL_CLASSES = ("angry", "happy", "surprise")
+BINARY_CLASSES = ("happy", "surprise")
+
+
+def require(path: Path) -> Path:
+    """Skip the calling test when shared data at path is missing."""
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+def write_image(path: str | Path, image: np.ndarray, params: list[int] | None = None) -> Path:
+    """Write image with cv2.imwrite (format from the extension), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), image, params or []), path
+    return path
+
+
+def face_like(seed: int = 0, size: int = 48, channels: int = 1) -> np.ndarray:
+    """A random 8-bit image (H, W) or (H, W, C)."""
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if channels == 1 else (size, size, channels)
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def copy_fer_subset(dest: Path, split: str, classes, per_class: int) -> Path:
+    """Copy the first per_class images of each class of fer2013/<split> into dest/<class>/."""
+    source = require(FER / split)
+    for name in classes:
+        files = sorted((source / name).glob("*.jpg"))[:per_class]
+        if len(files) < per_class:
+            pytest.skip(f"{source / name} has fewer than {per_class} images")
+        (dest / name).mkdir(parents=True)
+        for path in files:
+            shutil.copy2(path, dest / name / path.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def fer_small(tmp_path_factory) -> dict[str, Path]:
+    """3 classes: train/ with 60 images each and val/ with 20 each (copies, read-only by convention)."""
+    root = tmp_path_factory.mktemp("fer_small")
+    return {
+        "train": copy_fer_subset(root / "train", "train", SMALL_CLASSES, 60),
+        "val": copy_fer_subset(root / "val", "val", SMALL_CLASSES, 20),
+    }
+
+
+@pytest.fixture(scope="session")
+def fer_binary(tmp_path_factory) -> dict[str, Path]:
+    """2 classes: train/ with 40 images each and val/ with 15 each."""
+    root = tmp_path_factory.mktemp("fer_binary")
+    return {
+        "train": copy_fer_subset(root / "train", "train", BINARY_CLASSES, 40),
+        "val": copy_fer_subset(root / "val", "val", BINARY_CLASSES, 15),
+    }
+
+
+@pytest.fixture
+def fer_tree(tmp_path):
+    """Factory: a fresh, writable class-folder tree of FER2013 copies under tmp_path."""
+
+    def make(classes=SMALL_CLASSES, per_class: int = 10, split: str = "train", name: str = "tree") -> Path:
+        return copy_fer_subset(tmp_path / name, split, classes, per_class)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def seed_run(fer_small, tmp_path_factory):
+    """One tiny training run (seed arch, 2 epochs) shared by the tests that need a trained model."""
+    from emorec.config import train_config
+    from emorec.train import train
+
+    project = tmp_path_factory.mktemp("runs")
+    cfg = train_config(data=str(fer_small["train"]), val=str(fer_small["val"]), epochs=2, batch_size=16,
+                       project=str(project), name="tiny", patience=0, seed=7)
+    return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def untrained_model_path(tmp_path_factory) -> Path:
+    """An untrained seed model for SMALL_CLASSES saved with emorec metadata (fast; no training)."""
+    from emorec.model import ModelInfo, build_model, save_model
+
+    model = build_model("seed", (48, 48, 1), len(SMALL_CLASSES), seed=3)
+    path = tmp_path_factory.mktemp("model") / "untrained.keras"
+    return save_model(model, path, ModelInfo(class_names=list(SMALL_CLASSES)))

@@ -1,0 +1,280 @@
+"""The `emorec` command line, run in-process through emorec.cli.main (and once in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BUNDLED, FER, PHOTOS, face_like, require, write_image
+
+from emorec.cli import main
+from emorec.evaluate import evaluate
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+COMMANDS = ("check", "show", "pack", "train", "evaluate", "predict")
+TWO_PHOTOS = ["Arnaud_Lagardere_0001.jpg", "Beyonce_Knowles_0001.jpg"]
+
+
+@pytest.fixture
+def small_tree(tmp_path) -> Path:
+    root = tmp_path / "faces"
+    for i in range(3):
+        write_image(root / "happy" / f"h{i}.png", face_like(i))
+        write_image(root / "sad" / f"s{i}.jpg", face_like(10 + i))
+    (root / "sad" / "broken.jpg").write_bytes(b"not an image")
+    (root / "happy" / "readme.txt").write_text("notes")
+    return root
+
+
+# ----------------------------------------------------------------------------
+# help and usage
+# ----------------------------------------------------------------------------
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in COMMANDS)
+
+
+def test_no_command_prints_help_and_returns_2(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["train", "x", "--arch", "alexnet"], ["train", "x", "--recipe", "nope"],
+                                  ["train", "x", "--epochs", "many"], ["frobnicate"]])
+def test_bad_usage_exits_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_train_help_shows_config_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--epochs", "--batch-size", "--val-split", "--augment", "--no-augment", "--class-weight", "--recipe"):
+        assert flag in out
+
+
+def test_help_does_not_import_tensorflow():
+    code = (
+        "import sys, contextlib, io\n"
+        "from emorec.cli import main\n"
+        "buffer = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buffer):\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 0\n"
+        "assert 'predict' in buffer.getvalue()\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'cv2') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "print('light')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "light"
+
+
+# ----------------------------------------------------------------------------
+# check
+# ----------------------------------------------------------------------------
+
+
+def test_check_reports_invalid_files_and_changes_nothing(small_tree, capsys):
+    assert main(["check", str(small_tree)]) == 0
+    out = capsys.readouterr().out
+    assert "happy" in out and "sad" in out
+    assert [line.split() for line in out.splitlines() if line.startswith("total")] == [["total", "6"]]
+    assert "2 invalid file(s)" in out
+    assert "broken.jpg" in out and "readme.txt" in out
+    assert "nothing changed" in out
+    assert (small_tree / "sad" / "broken.jpg").exists() and (small_tree / "happy" / "readme.txt").exists()
+
+
+def test_check_clean_tree(tmp_path, capsys):
+    write_image(tmp_path / "a" / "1.png", face_like())
+    write_image(tmp_path / "b" / "1.png", face_like(1))
+    assert main(["check", str(tmp_path)]) == 0
+    assert "all files are valid images" in capsys.readouterr().out
+
+
+def test_check_quarantine_moves_the_invalid_files(small_tree, tmp_path, capsys):
+    target = tmp_path / "bad"
+    assert main(["check", str(small_tree), "--quarantine", str(target)]) == 0
+    assert "moved 2 file(s)" in capsys.readouterr().out
+    assert (target / "sad" / "broken.jpg").read_bytes() == b"not an image"
+    assert (target / "happy" / "readme.txt").is_file()
+    assert not (small_tree / "sad" / "broken.jpg").exists()
+    assert len(list(small_tree.rglob("*.*"))) == 6
+    assert main(["check", str(small_tree)]) == 0
+    assert "all files are valid images" in capsys.readouterr().out
+
+
+def test_check_delete(small_tree, capsys):
+    assert main(["check", str(small_tree), "--delete"]) == 0
+    assert "deleted 2 file(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in small_tree.rglob("*") if p.is_file()) == sorted(
+        [f"h{i}.png" for i in range(3)] + [f"s{i}.jpg" for i in range(3)])
+
+
+def test_check_quarantine_and_delete_are_exclusive(small_tree, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", str(small_tree), "--delete", "--quarantine", str(tmp_path / "q")])
+    assert exit_info.value.code == 2
+    assert (small_tree / "sad" / "broken.jpg").exists()
+
+
+def test_check_missing_folder_is_a_one_line_error(tmp_path, capsys):
+    missing = tmp_path / "no_such_dataset"
+    assert main(["check", str(missing)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("emorec check: error:") and str(missing) in lines[0]
+    assert "Traceback" not in captured.err
+
+
+# ----------------------------------------------------------------------------
+# show
+# ----------------------------------------------------------------------------
+
+
+def test_show_writes_two_pngs_and_refuses_to_overwrite(small_tree, tmp_path, capsys):
+    out = tmp_path / "overview.png"
+    assert main(["show", str(small_tree), "--out", str(out), "--per-class", "2"]) == 0
+    assert out.is_file() and (tmp_path / "overview_counts.png").is_file()
+    assert "saved" in capsys.readouterr().out
+    before = out.read_bytes()
+    assert main(["show", str(small_tree), "--out", str(out), "--seed", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "already exists" in err and "overview" in err
+    assert out.read_bytes() == before
+    assert main(["show", str(small_tree), "--out", str(out), "--exist-ok"]) == 0
+
+
+def test_show_rejects_non_png(small_tree, tmp_path, capsys):
+    assert main(["show", str(small_tree), "--out", str(tmp_path / "overview.jpg")]) == 1
+    assert ".png" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# pack / train / evaluate
+# ----------------------------------------------------------------------------
+
+
+def test_pack_writes_a_loadable_pack(fer_tree, tmp_path, capsys):
+    root = fer_tree(per_class=4)
+    out = tmp_path / "faces.npz.xz"
+    assert main(["pack", str(root), str(out), "--val", str(root), "--image-size", "32"]) == 0
+    from emorec.data import load_pack
+
+    splits = load_pack(out)
+    assert sorted(splits) == ["train", "val"]
+    assert splits["train"].images.shape == (12, 32, 32, 1)
+    assert main(["pack", str(root), str(out)]) == 1  # never replaces an existing pack
+    assert main(["pack", str(root), str(tmp_path / "faces.zip")]) == 1
+    assert "npz" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_writes_a_run(fer_binary, tmp_path, capsys):
+    argv = ["train", str(fer_binary["train"]), "--epochs", "1", "--batch-size", "16", "--val-split", "0.25",
+            "--project", str(tmp_path), "--name", "cli", "--patience", "0", "--no-augment"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "cli"
+    assert f"run folder: {run}" in out
+    assert (run / "weights" / "best.keras").is_file() and (run / "eval.json").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert (config["epochs"], config["batch_size"], config["val_split"], config["augment"]) == (1, 16, 0.25, False)
+    assert config["data"] == str(fer_binary["train"])
+
+
+def test_train_config_error_is_reported(tmp_path, capsys):
+    assert main(["train", str(tmp_path), "--val-split", "0.99"]) == 1
+    assert "val_split" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_json(seed_run, fer_small, tmp_path, capsys):
+    out_dir = tmp_path / "eval"
+    assert main(["evaluate", str(seed_run.best_model), str(fer_small["val"]), "--json", "--out", str(out_dir)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = evaluate(seed_run.best_model, fer_small["val"], progress=False)
+    assert printed["accuracy"] == expected.accuracy
+    assert printed["confusion"] == expected.confusion and printed["images"] == 60
+    assert json.loads((out_dir / "eval.json").read_text()) == printed
+    assert (out_dir / "confusion_matrix.png").is_file()
+    # The report is never replaced silently.
+    assert main(["evaluate", str(seed_run.best_model), str(fer_small["val"]), "--out", str(out_dir)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["evaluate", str(seed_run.best_model), str(fer_small["val"]), "--out", str(out_dir), "--exist-ok"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_missing_model(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "none.keras"), str(tmp_path)]) == 1
+    assert "none.keras" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# predict with the bundled model
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bundled():
+    if not BUNDLED.is_file():
+        pytest.skip(f"bundled model missing at {BUNDLED}")
+    return BUNDLED
+
+
+def test_predict_json_on_photos(bundled, capsys):
+    photos = [str(require(PHOTOS / name)) for name in TWO_PHOTOS]
+    assert main(["predict", *photos, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["source"] for r in results] == photos
+    for result in results:
+        assert result["error"] is None and not result["no_face"]
+        assert len(result["faces"]) == 1
+        face = result["faces"][0]
+        x, y, w, h = face["box"]  # the detector's box; it may reach past the image edge
+        assert w > 50 and h > 50 and 0 < x + w / 2 < 350 and 0 < y + h / 2 < 350
+        assert sorted(face["probabilities"]) == ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+        assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert face["emotion"] == max(face["probabilities"], key=face["probabilities"].get)
+
+
+def test_predict_no_detect_on_a_fer_crop(bundled, capsys):
+    image = sorted(require(FER / "val" / "happy").glob("*.jpg"))[0]
+    assert main(["predict", str(image), "--no-detect", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert len(result["faces"]) == 1 and result["faces"][0]["box"] is None
+    assert result["faces"][0]["score"] is None
+
+
+def test_predict_missing_file_does_not_stop_the_batch(bundled, tmp_path, capsys):
+    good = str(require(PHOTOS / TWO_PHOTOS[0]))
+    missing = str(tmp_path / "missing.jpg")
+    # The batch goes on; the exit status still says that something failed.
+    assert main(["predict", missing, good]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    errors = [line for line in lines if line.startswith(missing)]
+    assert len(errors) == 1 and "error" in errors[0]
+    assert any(line.startswith(good) and "face 1" in line for line in lines)
+
+
+def test_predict_without_sources_is_an_error(capsys):
+    assert main(["predict"]) == 1
+    assert "at least one" in capsys.readouterr().err

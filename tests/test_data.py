@@ -1,0 +1,374 @@
+"""Scanning, validating, quarantining and loading class-folder datasets (`emorec check` semantics)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import face_like, write_image
+from PIL import Image
+
+from emorec.data import (
+    ArrayData,
+    DatasetError,
+    ImageReadError,
+    clean_view,
+    delete_files,
+    is_pack,
+    load_arrays,
+    load_pack,
+    quarantine,
+    read_image,
+    save_pack,
+    scan_dataset,
+    validate_image,
+)
+
+
+def _jpeg_bytes(seed: int = 0, size: int = 48) -> bytes:
+    ok, buffer = cv2.imencode(".jpg", face_like(seed, size))
+    assert ok
+    return buffer.tobytes()
+
+
+@pytest.fixture
+def mixed_tree(tmp_path) -> dict:
+    """A dataset with valid images of every kind and every kind of bad file, plus what each should be."""
+    root = tmp_path / "faces"
+    valid = [
+        write_image(root / "happy" / "gray.jpg", face_like(1)),
+        write_image(root / "happy" / "gray.png", face_like(2)),
+        write_image(root / "happy" / "colour.jpeg", face_like(3, channels=3)),
+        write_image(root / "happy" / "rgba.png", face_like(4, channels=4)),
+        write_image(root / "sad" / "deep.png", (face_like(5).astype(np.uint16) * 257)),
+        write_image(root / "sad" / "UPPER.JPG", face_like(6)),
+        write_image(root / "sad" / "nested" / "deeper.bmp", face_like(7, channels=3)),
+    ]
+    invalid = {}
+
+    def bad(relative: str, data: bytes, reason_part: str) -> None:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        invalid[path] = reason_part
+
+    jpeg = _jpeg_bytes(8)
+    bad("happy/corrupt.jpg", np.random.default_rng(0).integers(0, 256, 500, np.uint8).tobytes(), "not a decodable")
+    bad("happy/truncated.jpg", jpeg[: len(jpeg) // 2], "truncated")
+    bad("sad/empty.jpg", b"", "empty")
+    bad("sad/text.jpg", b"this is not an image\n" * 20, "not a decodable")
+    bad("sad/notes.txt", b"a text file", "extension")
+    # Hidden files and folders are neither valid nor invalid: they are not looked at.
+    (root / "happy" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "sad" / ".hidden").mkdir()
+    (root / "sad" / ".hidden" / "broken.jpg").write_bytes(b"junk")
+    (root / "neutral").mkdir()  # an empty class folder
+    (root / ".cache").mkdir()  # a hidden folder is not a class
+    (root / ".cache" / "x.jpg").write_bytes(b"junk")
+    return {"root": root, "valid": valid, "invalid": invalid}
+
+
+# ----------------------------------------------------------------------------
+# scan_dataset
+# ----------------------------------------------------------------------------
+
+
+def test_scan_counts_valid_files_per_class(mixed_tree):
+    report = scan_dataset(mixed_tree["root"], progress=False)
+    assert report.class_names == ["happy", "neutral", "sad"]
+    assert report.counts == {"happy": 4, "neutral": 0, "sad": 3}
+    assert report.total == len(mixed_tree["valid"])
+    assert sorted(p for paths in report.files.values() for p in paths) == sorted(mixed_tree["valid"])
+
+
+def test_scan_reports_each_invalid_file_with_its_reason(mixed_tree):
+    report = scan_dataset(mixed_tree["root"], progress=False)
+    found = {item.path: item.reason for item in report.invalid}
+    assert set(found) == set(mixed_tree["invalid"])
+    for path, reason_part in mixed_tree["invalid"].items():
+        assert reason_part in found[path], (path, found[path])
+
+
+def test_scan_ignores_hidden_files_and_folders(mixed_tree):
+    report = scan_dataset(mixed_tree["root"], progress=False)
+    seen = [p for paths in report.files.values() for p in paths] + [i.path for i in report.invalid]
+    assert not any(part.startswith(".") for p in seen for part in p.relative_to(mixed_tree["root"]).parts)
+    assert ".cache" not in report.class_names
+
+
+def test_scan_table_lists_classes_and_total(mixed_tree):
+    table = scan_dataset(mixed_tree["root"], progress=False).table()
+    lines = table.splitlines()
+    assert lines[0].split() == ["class", "images"]
+    assert lines[1].split() == ["happy", "4"]
+    assert lines[2].split() == ["neutral", "0"]
+    assert lines[-1].split() == ["total", "7"]
+
+
+def test_scan_missing_root_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetError, match="nowhere"):
+        scan_dataset(missing, progress=False)
+
+
+def test_scan_root_without_class_folders(tmp_path):
+    write_image(tmp_path / "loose.png", face_like())
+    with pytest.raises(DatasetError, match="no class folders"):
+        scan_dataset(tmp_path, progress=False)
+
+
+def test_scan_root_that_is_a_file(tmp_path):
+    path = write_image(tmp_path / "one.png", face_like())
+    with pytest.raises(DatasetError, match="not a folder"):
+        scan_dataset(path, progress=False)
+
+
+def test_scan_real_fer_subset_is_all_valid(fer_tree):
+    root = fer_tree(per_class=5)
+    report = scan_dataset(root, progress=False)
+    assert report.invalid == []
+    assert report.counts == {"angry": 5, "happy": 5, "surprise": 5}
+
+
+# ----------------------------------------------------------------------------
+# validate_image / read_image
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".jpeg", ".bmp", ".gif"])
+def test_every_accepted_extension_validates(tmp_path, suffix):
+    path = tmp_path / f"img{suffix}"
+    Image.fromarray(face_like(0, channels=3)).save(path)
+    assert validate_image(path) is None
+
+
+def test_wrong_extension_is_invalid_even_if_decodable(tmp_path):
+    path = write_image(tmp_path / "img.png", face_like())
+    renamed = path.rename(tmp_path / "img.tiff")
+    assert "extension" in validate_image(renamed)
+    assert "extension" in validate_image(tmp_path / "no_suffix")
+
+
+def test_read_grayscale_gives_three_equal_channels(tmp_path):
+    gray = face_like(1)
+    image = read_image(write_image(tmp_path / "g.png", gray))
+    assert image.shape == (48, 48, 3) and image.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], gray)
+
+
+def test_read_rgba_drops_alpha(tmp_path):
+    bgra = face_like(2, channels=4)
+    image = read_image(write_image(tmp_path / "a.png", bgra))
+    assert image.shape == (48, 48, 3)
+    np.testing.assert_array_equal(image, bgra[..., :3])
+
+
+def test_read_16_bit_png_scales_to_8_bit(tmp_path):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)  # 0, 1, 127.5, 255 in 8 bits
+    image = read_image(write_image(tmp_path / "deep.png", values))
+    assert image.dtype == np.uint8
+    np.testing.assert_array_equal(image[0, :, 0], np.round(values[0] / 257).astype(np.uint8))
+    assert image[0, 3, 0] == 255 and image[0, 0, 0] == 0
+
+
+def test_read_16_bit_colour_png(tmp_path):
+    bgr16 = face_like(3, channels=3).astype(np.uint16) * 257
+    image = read_image(write_image(tmp_path / "deep.png", bgr16))
+    np.testing.assert_array_equal(image, (bgr16 // 257).astype(np.uint8))
+
+
+def test_read_applies_exif_orientation(tmp_path):
+    # Stored 40 wide x 20 tall with a white left quarter; Orientation=6 means
+    # "rotate 90 degrees clockwise to display", so the white part ends up on top.
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=95)
+    image = read_image(path)
+    assert image.shape == (40, 20, 3)
+    assert image[:8].mean() > 240
+    assert image[12:].mean() < 15
+
+
+def test_read_cmyk_jpeg_gives_bgr(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    # Pure cyan (R=0, G=255, B=255) stored as CMYK.
+    Image.new("RGB", (16, 12), (0, 255, 255)).convert("CMYK").save(path, quality=95)
+    assert Image.open(path).mode == "CMYK"
+    image = read_image(path)
+    assert image.shape == (12, 16, 3)
+    blue, green, red = (image[..., i].mean() for i in range(3))
+    assert blue > 240 and green > 240 and red < 15
+    assert validate_image(path) is None
+
+
+def test_read_refuses_images_over_max_pixels(tmp_path):
+    path = write_image(tmp_path / "big.png", face_like(0, size=100))
+    assert read_image(path, max_pixels=10_000).shape == (100, 100, 3)
+    with pytest.raises(ImageReadError, match="exceeds"):
+        read_image(path, max_pixels=9_999)
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("empty.jpg", b"", "empty file"),
+        ("junk.jpg", b"\x00\x01junk" * 50, "not a decodable"),
+        ("junk.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not a decodable"),
+    ],
+)
+def test_read_bad_bytes_raises_naming_the_file(tmp_path, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ImageReadError, match=message) as caught:
+        read_image(path)
+    assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_read_truncated_jpeg(tmp_path):
+    data = _jpeg_bytes(0, size=96)
+    full = tmp_path / "full.jpg"
+    full.write_bytes(data)
+    assert read_image(full).shape == (96, 96, 3)
+    for cut in (len(data) // 2, len(data) - 2):
+        half = tmp_path / f"cut{cut}.jpg"
+        half.write_bytes(data[:cut])
+        with pytest.raises(ImageReadError, match=str(half.name)):
+            read_image(half)
+
+
+def test_read_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "gone.png")
+    with pytest.raises(ImageReadError, match="folder"):
+        read_image(tmp_path)
+
+
+# ----------------------------------------------------------------------------
+# quarantine / delete / clean_view
+# ----------------------------------------------------------------------------
+
+
+def test_quarantine_moves_invalid_files_keeping_relative_paths(mixed_tree, tmp_path):
+    root, target = mixed_tree["root"], tmp_path / "quarantine"
+    report = scan_dataset(root, progress=False)
+    before = {p: p.read_bytes() for p in mixed_tree["valid"]}
+    moved = quarantine(report, target)
+    expected = sorted(target / p.relative_to(root) for p in mixed_tree["invalid"])
+    assert sorted(moved) == expected
+    assert all(p.is_file() for p in moved)
+    assert not any(p.exists() for p in mixed_tree["invalid"])
+    assert {p: p.read_bytes() for p in mixed_tree["valid"]} == before
+    again = scan_dataset(root, progress=False)
+    assert again.invalid == [] and again.total == len(before)
+
+
+def test_quarantine_never_overwrites(tmp_path):
+    root, target = tmp_path / "data", tmp_path / "quarantine"
+    write_image(root / "happy" / "ok.png", face_like())
+    contents = [b"first bad file", b"second bad file", b"third bad file"]
+    for data in contents:
+        (root / "happy" / "bad.jpg").write_bytes(data)
+        quarantine(scan_dataset(root, progress=False), target)
+    names = sorted(p.name for p in (target / "happy").iterdir())
+    assert names == ["bad.1.jpg", "bad.2.jpg", "bad.jpg"]
+    assert (target / "happy" / "bad.jpg").read_bytes() == contents[0]
+    assert (target / "happy" / "bad.1.jpg").read_bytes() == contents[1]
+    assert (target / "happy" / "bad.2.jpg").read_bytes() == contents[2]
+
+
+def test_delete_files_removes_only_invalid(mixed_tree):
+    report = scan_dataset(mixed_tree["root"], progress=False)
+    deleted = delete_files(report)
+    assert sorted(deleted) == sorted(mixed_tree["invalid"])
+    assert not any(p.exists() for p in mixed_tree["invalid"])
+    assert all(p.is_file() for p in mixed_tree["valid"])
+    assert (mixed_tree["root"] / "happy" / ".DS_Store").exists()
+
+
+def test_clean_view_links_only_valid_files(mixed_tree):
+    report = scan_dataset(mixed_tree["root"], progress=False)
+    view = clean_view(report)
+    try:
+        assert sorted(d.name for d in view.iterdir()) == report.class_names
+        for name in report.class_names:
+            links = sorted((view / name).iterdir())
+            assert len(links) == report.counts[name]
+            assert all(link.is_symlink() for link in links)
+            assert sorted(Path(os.readlink(l)) for l in links) == sorted(p.resolve() for p in report.files[name])
+        view_report = scan_dataset(view, progress=False)
+        assert view_report.invalid == [] and view_report.counts == report.counts
+    finally:
+        import shutil
+
+        shutil.rmtree(view)
+    assert all(p.exists() for p in mixed_tree["valid"])
+
+
+# ----------------------------------------------------------------------------
+# load_arrays / packs
+# ----------------------------------------------------------------------------
+
+
+def test_load_arrays_resizes_and_labels_alphabetically(tmp_path):
+    write_image(tmp_path / "b" / "1.png", np.full((20, 30), 200, np.uint8))
+    write_image(tmp_path / "a" / "1.png", np.full((48, 48, 3), (255, 0, 0), np.uint8))  # blue in BGR
+    write_image(tmp_path / "a" / "2.png", np.full((64, 64), 10, np.uint8))
+    report = scan_dataset(tmp_path, progress=False)
+    gray = load_arrays(report, 32, 1, progress=False)
+    assert gray.images.shape == (3, 32, 32, 1) and gray.images.dtype == np.uint8
+    assert gray.labels.tolist() == [0, 0, 1] and gray.class_names == ["a", "b"]
+    assert gray.images[1].min() == gray.images[1].max() == 10
+    assert gray.images[2].min() == gray.images[2].max() == 200
+    rgb = load_arrays(report, 16, 3, progress=False)
+    assert rgb.images.shape == (3, 16, 16, 3)
+    np.testing.assert_array_equal(rgb.images[0, 0, 0], [0, 0, 255])  # RGB order
+    np.testing.assert_array_equal(rgb.images[2, 0, 0], [200, 200, 200])
+
+
+def test_load_arrays_of_empty_classes(tmp_path):
+    (tmp_path / "a").mkdir()
+    data = load_arrays(scan_dataset(tmp_path, progress=False), 24, 1, progress=False)
+    assert len(data) == 0 and data.images.shape == (0, 24, 24, 1)
+
+
+@pytest.mark.parametrize("name", ["pack.npz", "pack.npz.xz"])
+def test_pack_round_trip(tmp_path, name):
+    rng = np.random.default_rng(0)
+    splits = {
+        "train": ArrayData(rng.integers(0, 256, (5, 8, 8, 1), np.uint8), np.array([0, 1, 2, 1, 0], np.int32), ["x", "y", "z"]),
+        "val": ArrayData(rng.integers(0, 256, (2, 8, 8, 1), np.uint8), np.array([2, 0], np.int32), ["x", "y", "z"]),
+    }
+    path = save_pack(tmp_path / name, splits)
+    assert is_pack(path) and path.is_file()
+    assert not list(tmp_path.glob("*.part"))
+    loaded = load_pack(path)
+    assert sorted(loaded) == ["train", "val"]
+    for split, data in splits.items():
+        np.testing.assert_array_equal(loaded[split].images, data.images)
+        np.testing.assert_array_equal(loaded[split].labels, data.labels)
+        assert loaded[split].class_names == ["x", "y", "z"]
+
+
+def test_xz_pack_is_compressed(tmp_path):
+    splits = {"train": ArrayData(np.zeros((50, 48, 48, 1), np.uint8), np.zeros(50, np.int32), ["a", "b"])}
+    plain = save_pack(tmp_path / "p.npz", splits)
+    packed = save_pack(tmp_path / "p.npz.xz", splits)
+    assert packed.stat().st_size < plain.stat().st_size / 10
+
+
+def test_load_pack_missing(tmp_path):
+    with pytest.raises(DatasetError, match="missing.npz"):
+        load_pack(tmp_path / "missing.npz")
+
+
+def test_is_pack():
+    assert is_pack("a.npz") and is_pack("dir/a.npz.xz")
+    assert not is_pack("a/") and not is_pack("a.xz") and not is_pack("a.zip")

@@ -1,0 +1,208 @@
+"""Architectures, FaceAugment, inference copies, FLOP counts, and saving/loading self-describing models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import BUNDLED
+
+import keras
+
+from emorec.config import ARCHITECTURES
+from emorec.model import (
+    BACKBONES,
+    FaceAugment,
+    ModelInfo,
+    build_model,
+    count_flops,
+    inference_copy,
+    load_model,
+    predict_probabilities,
+    read_info,
+    save_model,
+)
+
+FER_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+def _pixels(n: int, shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape)).astype(np.uint8)
+
+
+def test_config_and_model_agree_on_architectures():
+    assert set(BACKBONES) == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_multiclass_model_shapes_and_probabilities(arch):
+    model = build_model(arch, (48, 48, 1), 7, seed=0)
+    assert model.input_shape == (None, 48, 48, 1)
+    assert model.output_shape == (None, 7)
+    assert model.layers[-1].activation.__name__ == "softmax"
+    probs = predict_probabilities(model, _pixels(3, (48, 48, 1)))
+    assert probs.shape == (3, 7) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (probs >= 0).all()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_binary_model_has_one_sigmoid_unit_and_two_probability_columns(arch):
+    model = build_model(arch, (32, 32, 3), 2, seed=0)
+    assert model.output_shape == (None, 1)
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+    images = _pixels(4, (32, 32, 3))
+    probs = predict_probabilities(model, images)
+    assert probs.shape == (4, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    raw = keras.ops.convert_to_numpy(model(images.astype("float32"), training=False))[:, 0]
+    np.testing.assert_allclose(probs[:, 1], raw, rtol=1e-6)
+
+
+def test_build_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mobilenet"):
+        build_model("mobilenet", (48, 48, 1), 7)
+    with pytest.raises(ValueError, match="two classes"):
+        build_model("seed", (48, 48, 1), 1)
+
+
+def test_predict_probabilities_large_batches_match_small_ones():
+    model = build_model("seed", (48, 48, 1), 3, seed=1)
+    images = _pixels(10, (48, 48, 1))
+    direct = predict_probabilities(model, images, batch_size=256)  # one forward call
+    batched = predict_probabilities(model, images, batch_size=4)  # model.predict in batches
+    np.testing.assert_allclose(direct, batched, atol=1e-5)
+
+
+def test_tta_averages_with_the_mirror_image():
+    model = build_model("seed", (48, 48, 1), 3, seed=2)
+    images = _pixels(3, (48, 48, 1), seed=5)
+    plain = predict_probabilities(model, images)
+    mirrored = predict_probabilities(model, images[:, :, ::-1, :])
+    np.testing.assert_allclose(predict_probabilities(model, images, tta=True), (plain + mirrored) / 2, atol=1e-6)
+
+
+def test_face_augment_is_identity_at_inference_and_random_in_training():
+    layer = FaceAugment(seed=0)
+    images = np.random.default_rng(0).uniform(0, 1, (8, 48, 48, 1)).astype("float32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(images, training=False)), images)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(images)), images)
+    first = keras.ops.convert_to_numpy(layer(images, training=True))
+    second = keras.ops.convert_to_numpy(layer(images, training=True))
+    assert first.shape == images.shape and first.dtype == images.dtype
+    assert not np.allclose(first, images)
+    assert not np.allclose(first, second)
+    # Warps and erasing do not invent values outside the input range.
+    assert first.min() >= 0.0 and first.max() <= 1.0 + 1e-6
+
+
+def test_face_augment_config_round_trip():
+    layer = FaceAugment(rotation=5.0, zoom=0.1, shift=0.05, erase_prob=0.2, seed=3, name="aug")
+    clone = FaceAugment.from_config(layer.get_config())
+    assert (clone.rotation, clone.zoom, clone.shift, clone.erase_prob, clone.seed) == (5.0, 0.1, 0.05, 0.2, 3)
+
+
+@pytest.mark.parametrize("arch, classes", [("seed", 3), ("vgg", 2)])
+def test_inference_copy_drops_augmentation_and_keeps_predictions(arch, classes):
+    model = build_model(arch, (48, 48, 1), classes, augment=True, seed=0)
+    assert any(isinstance(layer, FaceAugment) for layer in model.layers)
+    plain = inference_copy(model, arch)
+    assert not any(isinstance(layer, FaceAugment) for layer in plain.layers)
+    assert plain.count_params() == model.count_params()
+    images = _pixels(5, (48, 48, 1))
+    np.testing.assert_allclose(predict_probabilities(plain, images), predict_probabilities(model, images), atol=1e-6)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = build_model("seed", (40, 40, 3), 3, seed=4)
+    info = ModelInfo(class_names=["a", "b", "c"], image_size=40, color_mode="rgb", arch="seed", extra={"best_epoch": 2})
+    path = save_model(model, tmp_path / "sub" / "m.keras", info)
+    assert path == tmp_path / "sub" / "m.keras"
+    assert not [p for p in path.parent.iterdir() if p != path]  # no temporary files left behind
+    loaded, loaded_info = load_model(path)
+    assert loaded_info == info
+    assert loaded_info.input_shape == (40, 40, 3) and loaded_info.channels == 3
+    assert read_info(path) == info
+    images = _pixels(4, (40, 40, 3))
+    np.testing.assert_allclose(predict_probabilities(loaded, images), predict_probabilities(model, images), atol=1e-6)
+
+
+def test_save_refuses_to_overwrite(tmp_path):
+    model = build_model("seed", (48, 48, 1), 2)
+    info = ModelInfo(class_names=["a", "b"])
+    path = save_model(model, tmp_path / "m.keras", info)
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="m.keras"):
+        save_model(build_model("seed", (48, 48, 1), 2, seed=9), path, info)
+    assert path.read_bytes() == before
+    save_model(model, path, ModelInfo(class_names=["x", "y"]), overwrite=True)
+    assert read_info(path).class_names == ["x", "y"]
+
+
+def test_save_requires_keras_suffix(tmp_path):
+    with pytest.raises(ValueError, match=".keras"):
+        save_model(build_model("seed", (48, 48, 1), 2), tmp_path / "m.h5", ModelInfo(class_names=["a", "b"]))
+
+
+def test_plain_keras_loads_a_saved_model_without_emorec(tmp_path):
+    model = build_model("seed", (48, 48, 1), 3, augment=True, seed=0)
+    path = save_model(inference_copy(model, "seed"), tmp_path / "m.keras", ModelInfo(class_names=["a", "b", "c"]))
+    code = (
+        "import sys, numpy as np, keras\n"
+        f"m = keras.models.load_model({str(path)!r}, compile=False)\n"
+        "p = m.predict(np.zeros((2, 48, 48, 1), 'float32'), verbose=0)\n"
+        "assert p.shape == (2, 3), p.shape\n"
+        "assert not any(name.startswith('emorec') for name in sys.modules), 'emorec was imported'\n"
+        "print('ok', m.input_shape)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ok (None, 48, 48, 1)" in done.stdout
+
+
+def test_read_info_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.keras"):
+        read_info(tmp_path / "nothing.keras")
+    not_zip = tmp_path / "fake.keras"
+    not_zip.write_bytes(b"definitely not a zip file")
+    with pytest.raises(ValueError, match="not a .keras model"):
+        read_info(not_zip)
+    bare = tmp_path / "bare.keras"
+    build_model("seed", (48, 48, 1), 2).save(bare)
+    with pytest.raises(ValueError, match="without emorec metadata"):
+        read_info(bare)
+    with pytest.raises(ValueError, match="without emorec metadata"):
+        load_model(bare)
+
+
+def test_saved_file_is_a_zip_with_metadata(tmp_path):
+    path = save_model(build_model("seed", (48, 48, 1), 2), tmp_path / "m.keras", ModelInfo(class_names=["no", "yes"]))
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    assert "emorec.json" in names and "config.json" in names
+
+
+def test_count_flops():
+    seed, vgg = build_model("seed", (48, 48, 1), 7), build_model("vgg", (48, 48, 1), 7)
+    assert 0 < count_flops(seed) < count_flops(vgg)
+    # The seed model's first conv: 48x48 outputs x (3*3*1*32) weights x 2.
+    first_conv = 2 * 48 * 48 * 3 * 3 * 1 * 32
+    assert count_flops(seed) > first_conv
+    tiny = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    assert count_flops(tiny) == 2 * 4 * 3
+
+
+def test_bundled_model_loads():
+    if not BUNDLED.is_file():
+        pytest.skip(f"bundled model missing at {BUNDLED}")
+    model, info = load_model()
+    assert info.class_names == FER_CLASSES
+    assert info.input_shape == (48, 48, 1)
+    assert model.input_shape == (None, 48, 48, 1)
+    assert model.output_shape == (None, 7)
+    probs = predict_probabilities(model, _pixels(2, (48, 48, 1)))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
