@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -306,8 +307,6 @@ def test_clean_view_links_only_valid_files(mixed_tree):
         view_report = scan_dataset(view, progress=False)
         assert view_report.invalid == [] and view_report.counts == report.counts
     finally:
-        import shutil
-
         shutil.rmtree(view)
     assert all(p.exists() for p in mixed_tree["valid"])
 

@@ -125,14 +125,12 @@ def write_report(report: EvalReport, out_dir: str | Path, overwrite: bool = Fals
 
 def plot_confusion(report: EvalReport):
     """A row-normalized confusion matrix figure, with counts in each cell."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     counts = np.array(report.confusion)
     rates = _safe_divide(counts.astype(float), counts.sum(axis=1, keepdims=True).repeat(counts.shape[1], axis=1))
-    figure, axes = plt.subplots(figsize=(1.0 + 0.9 * len(counts), 0.8 + 0.8 * len(counts)))
+    figure = Figure(figsize=(1.0 + 0.9 * len(counts), 0.8 + 0.8 * len(counts)))
+    axes = figure.subplots()
     axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for (row, col), count in np.ndenumerate(counts):
         colour = "white" if rates[row, col] > 0.5 else "black"
@@ -148,12 +146,10 @@ def plot_confusion(report: EvalReport):
 
 def plot_history(history: dict[str, list[float]], metric: str):
     """One training curve (e.g. "loss" or "accuracy"), train vs validation, per epoch."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     values = history.get(metric, [])
     epochs = np.arange(1, len(values) + 1)
     axes.plot(epochs, values, marker=".", label=f"train {metric}")

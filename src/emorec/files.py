@@ -45,14 +45,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_figure(figure, path: str | Path, overwrite: bool = True) -> Path:
-    """Save a Matplotlib figure as PNG atomically and close it."""
+    """Save a Matplotlib figure as PNG atomically."""
     import io
-
-    import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
     return atomic_write_bytes(path, buffer.getvalue(), overwrite)
 
 

@@ -137,8 +137,11 @@ class Recognizer:
     The whole image is classified as one face when detect is False, and
     also, automatically, when the detector finds no face in a small image
     (both sides at most twice the model input, e.g. <= 96 px for a 48 px
-    model): such images are almost always face crops like FER2013's, which
-    are too tight for a detector. Larger images with no face give no result.
+    model): such images are almost always face crops. Larger images with no
+    face give no result. YuNet does find the face in most FER2013-style
+    crops (895 of 956 val images); the re-crop then frames it like the
+    original (on 350 val images: 67.1% accuracy re-cropped, 66.0% whole), so
+    detect=False is only needed for crops the detector misses.
     """
 
     def __init__(self, model: str | Path | None = None, detector: str = "auto", detect: bool = True, tta: bool = False):

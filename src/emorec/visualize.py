@@ -12,14 +12,12 @@ from emorec.files import save_figure
 
 def sample_grid(report: ScanReport, per_class: int = 8, seed: int = 0):
     """A figure with one row per class and up to per_class random images in each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rng = np.random.default_rng(seed)
     names = report.class_names
-    figure, axes = plt.subplots(len(names), per_class, figsize=(1.3 * per_class, 1.4 * len(names)), squeeze=False)
+    figure = Figure(figsize=(1.3 * per_class, 1.4 * len(names)))
+    axes = figure.subplots(len(names), per_class, squeeze=False)
     for row, name in enumerate(names):
         files = report.files[name]
         picks = rng.choice(len(files), size=min(per_class, len(files)), replace=False) if files else []
@@ -34,13 +32,11 @@ def sample_grid(report: ScanReport, per_class: int = 8, seed: int = 0):
 
 def count_chart(report: ScanReport):
     """A bar chart of valid images per class, with the count on each bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     counts = report.counts
-    figure, axis = plt.subplots(figsize=(1.0 + 0.9 * len(counts), 3.5))
+    figure = Figure(figsize=(1.0 + 0.9 * len(counts), 3.5))
+    axis = figure.subplots()
     bars = axis.bar(list(counts), list(counts.values()), color="tab:blue")
     axis.bar_label(bars)
     axis.set_ylabel("images")
