@@ -150,8 +150,6 @@ def test_evaluate_on_a_pack_matches_the_folder(untrained_model_path, fer_tree, t
     assert from_pack.confusion == from_folder.confusion
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="src bug: evaluate.load_eval_data does not resize/convert pack images "
-                   "to the model's image_size/channels (train._from_pack does, via _fit_size)")
 def test_evaluate_on_a_pack_of_another_image_size(untrained_model_path, fer_tree, tmp_path):
     """A pack made with --image-size 64 is resized to the model's 48 px, as training from a pack does."""
     root = fer_tree(per_class=4)

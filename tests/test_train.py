@@ -230,8 +230,6 @@ def test_validation_classes_must_match(fer_tree, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="src bug: train._from_folders makes the training clean_view before checking "
-                   "the val classes, and the DatasetError leaves that temporary link tree behind")
 def test_failed_data_check_leaves_no_temporary_link_tree(fer_tree, tmp_path, monkeypatch):
     train_root = fer_tree(classes=("happy", "surprise"), per_class=4, name="train")
     val_root = fer_tree(classes=("happy", "angry"), per_class=2, name="val")
@@ -253,10 +251,6 @@ def test_no_temporary_link_trees_left_after_training(fer_tree, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=tf.errors.InvalidArgumentError,
-                   reason="src bug: a CMYK JPEG passes data.validate_image (OpenCV converts it) but TensorFlow's "
-                   "grayscale JPEG decoder in image_dataset_from_directory refuses it mid-training "
-                   "('jpeg::Uncompress failed'); validate_image should flag it like a truncated JPEG")
 def test_a_cmyk_jpeg_that_passes_check_does_not_break_training(tmp_path):
     from PIL import Image
 

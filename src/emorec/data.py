@@ -138,6 +138,23 @@ def validate_image(path: str | Path) -> str | None:
         read_image(path)
     except ImageReadError as error:
         return str(error).removeprefix(f"{path}: ")
+    if _jpeg_components(path) == 4:
+        # OpenCV reads CMYK JPEGs, but TensorFlow's decoder (used by Keras' loader) fails on them mid-training.
+        return "CMYK JPEG: Keras' loader cannot decode it (save it as RGB)"
+    return None
+
+
+def _jpeg_components(path: Path) -> int | None:
+    """Colour components in a JPEG's frame header (1 gray, 3 YCbCr, 4 CMYK), None if not a JPEG."""
+    data = path.read_bytes()
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 9 < len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return data[pos + 9]
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     return None
 
 
@@ -266,6 +283,19 @@ def to_model_input(bgr: np.ndarray, size: int, channels: int) -> np.ndarray:
     if image.shape[:2] != (size, size):
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
     return image.reshape(size, size, channels)
+
+
+def fit_arrays(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Resize (N, H, W, C) uint8 images to (N, size, size, channels), converting gray <-> RGB as needed."""
+    if images.shape[1:] == (size, size, channels):
+        return images
+    converted = []
+    for image in images:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).reshape(size, size, -1)
+        if image.shape[-1] != channels:
+            image = np.repeat(image, 3, axis=-1) if channels == 3 else image.mean(axis=-1, keepdims=True)
+        converted.append(image.astype(np.uint8))
+    return np.stack(converted) if converted else np.zeros((0, size, size, channels), np.uint8)
 
 
 def save_pack(path: str | Path, splits: dict[str, ArrayData]) -> Path:

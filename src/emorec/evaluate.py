@@ -78,6 +78,7 @@ def load_eval_data(source: str | Path, class_names: list[str], image_size: int, 
     if data_lib.is_pack(source):
         splits = data_lib.load_pack(source)
         arrays = splits.get("test") or splits.get("val") or next(iter(splits.values()))
+        arrays.images = data_lib.fit_arrays(arrays.images, image_size, channels)
     else:
         report = data_lib.scan_dataset(source, progress=progress)
         data_lib.warn_invalid(report)

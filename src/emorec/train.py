@@ -72,13 +72,18 @@ def load_training_data(cfg: TrainConfig, progress: bool = True) -> TrainingData:
 
 
 def _from_folders(cfg: TrainConfig, progress: bool) -> TrainingData:
-    report = data_lib.scan_dataset(cfg.data, progress=progress)
-    _check_classes(report, cfg.data)
-    data_lib.warn_invalid(report)
-    view = data_lib.clean_view(report)
-    cleanup = [view]
+    reports = [data_lib.scan_dataset(cfg.data, progress=progress)]
+    if cfg.val:
+        reports.append(data_lib.scan_dataset(cfg.val, progress=progress))
+        if reports[1].class_names != reports[0].class_names:
+            raise data_lib.DatasetError(f"{cfg.val}: classes {reports[1].class_names} differ from {reports[0].class_names}")
+    _check_classes(reports[0], cfg.data)
+    for report in reports:
+        data_lib.warn_invalid(report)
+    # Checked before any link tree is made, so a bad dataset leaves nothing behind.
+    views = [data_lib.clean_view(report) for report in reports]
     common = dict(
-        label_mode="binary" if len(report.class_names) == 2 else "categorical",
+        label_mode="binary" if len(reports[0].class_names) == 2 else "categorical",
         color_mode=cfg.color_mode,
         batch_size=cfg.batch_size,
         image_size=(cfg.image_size, cfg.image_size),
@@ -86,21 +91,16 @@ def _from_folders(cfg: TrainConfig, progress: bool) -> TrainingData:
         verbose=False,
     )
     if cfg.val:
-        train = keras.utils.image_dataset_from_directory(view, shuffle=True, **common)
-        val_report = data_lib.scan_dataset(cfg.val, progress=progress)
-        data_lib.warn_invalid(val_report)
-        if val_report.class_names != report.class_names:
-            raise data_lib.DatasetError(f"{cfg.val}: classes {val_report.class_names} differ from {report.class_names}")
-        val_view = data_lib.clean_view(val_report)
-        cleanup.append(val_view)
-        val = keras.utils.image_dataset_from_directory(val_view, shuffle=False, **common)
+        train = keras.utils.image_dataset_from_directory(views[0], shuffle=True, **common)
+        val = keras.utils.image_dataset_from_directory(views[1], shuffle=False, **common)
     else:
         train, val = keras.utils.image_dataset_from_directory(
-            view, validation_split=cfg.val_split, subset="both", shuffle=True, **common
+            views[0], validation_split=cfg.val_split, subset="both", shuffle=True, **common
         )
-    counts = [report.counts[name] for name in report.class_names]
+    names = reports[0].class_names
+    counts = [reports[0].counts[name] for name in names]
     steps = int(train.cardinality())
-    return TrainingData(train.prefetch(2), val.prefetch(2), None, report.class_names, counts, steps, cleanup)
+    return TrainingData(train.prefetch(2), val.prefetch(2), None, names, counts, steps, views)
 
 
 def _check_classes(report: data_lib.ScanReport, source) -> None:
@@ -122,7 +122,7 @@ def _from_pack(cfg: TrainConfig) -> TrainingData:
         val = splits["val"]
     else:
         train, val = _split_arrays(train, cfg.val_split, cfg.seed)
-    train_images, val_images = (_fit_size(d.images, cfg) for d in (train, val))
+    train_images, val_images = (data_lib.fit_arrays(d.images, cfg.image_size, cfg.channels) for d in (train, val))
     num_classes = len(train.class_names)
     return TrainingData(
         train=(train_images, _targets(train.labels, num_classes)),
@@ -140,21 +140,6 @@ def _split_arrays(data: data_lib.ArrayData, fraction: float, seed: int):
     cut = int(round(len(data) * (1 - fraction)))
     pick = lambda idx: data_lib.ArrayData(data.images[idx], data.labels[idx], data.class_names)  # noqa: E731
     return pick(order[:cut]), pick(order[cut:])
-
-
-def _fit_size(images: np.ndarray, cfg: TrainConfig) -> np.ndarray:
-    size, channels = cfg.image_size, cfg.channels
-    if images.shape[1:] == (size, size, channels):
-        return images
-    import cv2
-
-    converted = []
-    for image in images:
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).reshape(size, size, -1)
-        if image.shape[-1] != channels:
-            image = np.repeat(image, 3, axis=-1) if channels == 3 else image.mean(axis=-1, keepdims=True)
-        converted.append(image.astype(np.uint8))
-    return np.stack(converted)
 
 
 def _targets(labels: np.ndarray, num_classes: int) -> np.ndarray:
