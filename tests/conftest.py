@@ -54,24 +54,24 @@ def copy_fer_subset(dest: Path, split: str, classes, per_class: int) -> Path:
     return dest
 
 
+def _train_val_copies(factory, name: str, classes, n_train: int, n_val: int) -> dict[str, Path]:
+    root = factory.mktemp(name)
+    return {
+        "train": copy_fer_subset(root / "train", "train", classes, n_train),
+        "val": copy_fer_subset(root / "val", "val", classes, n_val),
+    }
+
+
 @pytest.fixture(scope="session")
 def fer_small(tmp_path_factory) -> dict[str, Path]:
     """3 classes: train/ with 60 images each and val/ with 20 each (copies, read-only by convention)."""
-    root = tmp_path_factory.mktemp("fer_small")
-    return {
-        "train": copy_fer_subset(root / "train", "train", SMALL_CLASSES, 60),
-        "val": copy_fer_subset(root / "val", "val", SMALL_CLASSES, 20),
-    }
+    return _train_val_copies(tmp_path_factory, "fer_small", SMALL_CLASSES, 60, 20)
 
 
 @pytest.fixture(scope="session")
 def fer_binary(tmp_path_factory) -> dict[str, Path]:
     """2 classes: train/ with 40 images each and val/ with 15 each."""
-    root = tmp_path_factory.mktemp("fer_binary")
-    return {
-        "train": copy_fer_subset(root / "train", "train", BINARY_CLASSES, 40),
-        "val": copy_fer_subset(root / "val", "val", BINARY_CLASSES, 15),
-    }
+    return _train_val_copies(tmp_path_factory, "fer_binary", BINARY_CLASSES, 40, 15)
 
 
 @pytest.fixture
