@@ -278,3 +278,12 @@ def test_predict_missing_file_does_not_stop_the_batch(bundled, tmp_path, capsys)
 def test_predict_without_sources_is_an_error(capsys):
     assert main(["predict"]) == 1
     assert "at least one" in capsys.readouterr().err
+
+
+def test_evaluate_default_output_is_a_new_run_folder(seed_run, fer_small, tmp_path, monkeypatch, capsys):
+    """Without --out, reports go to runs/evaluate/<model stem>/, a fresh folder each time (never beside the model)."""
+    monkeypatch.chdir(tmp_path)
+    for expected in ("best", "best-2"):
+        assert main(["evaluate", str(seed_run.best_model), str(fer_small["val"])]) == 0
+        assert (tmp_path / "runs" / "evaluate" / expected / "eval.json").is_file()
+    assert not (seed_run.best_model.parent / "eval.json").exists()

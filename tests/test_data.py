@@ -372,12 +372,23 @@ def test_is_pack():
     assert not is_pack("a/") and not is_pack("a.xz") and not is_pack("a.zip")
 
 
-def test_cmyk_jpeg_is_readable_but_flagged_for_training(tmp_path):
-    """read_image converts CMYK, but Keras' loader cannot decode it, so check reports it."""
-    path = tmp_path / "cmyk.jpg"
-    Image.new("RGB", (16, 12), (0, 255, 255)).convert("CMYK").save(path, quality=95)
-    assert read_image(path).shape == (12, 16, 3)
-    assert "CMYK" in validate_image(path)
-    rgb = tmp_path / "rgb.jpg"
-    Image.new("RGB", (16, 12), (0, 255, 255)).save(rgb, quality=95)
-    assert validate_image(rgb) is None
+def test_clean_view_converts_jpegs_tensorflow_would_misread(tmp_path):
+    """CMYK and EXIF-rotated JPEGs become PNGs in the view (as read_image sees them); others are links."""
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    Image.new("RGB", (16, 12), (0, 255, 255)).convert("CMYK").save(root / "a" / "cmyk.jpg", quality=95)
+    Image.new("RGB", (16, 12), (0, 255, 255)).save(root / "a" / "plain.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(root / "a" / "rotated.jpg", exif=exif, quality=95)
+    report = scan_dataset(root, progress=False)
+    assert report.invalid == []
+    view = clean_view(report)
+    try:
+        entries = sorted((root / "a").iterdir())  # cmyk, plain, rotated: files are listed sorted
+        made = sorted((view / "a").iterdir())
+        kinds = {source.name: (entry.is_symlink(), entry.suffix) for source, entry in zip(entries, made)}
+        assert kinds == {"cmyk.jpg": (False, ".png"), "plain.jpg": (True, ".jpg"), "rotated.jpg": (False, ".png")}
+        assert cv2.imread(str(made[2])).shape == read_image(entries[2]).shape == (20, 10, 3)
+    finally:
+        shutil.rmtree(view)

@@ -190,7 +190,7 @@ def _add_evaluate(commands) -> None:
     cmd = commands.add_parser("evaluate", help="metrics, confusion matrix and JSON report of a model on labelled data")
     cmd.add_argument("model", help=".keras file written by emorec train")
     cmd.add_argument("data", help="class folders (or a .npz pack) to evaluate on")
-    cmd.add_argument("--out", default=None, help="folder for eval.json and confusion_matrix.png (default: next to the model)")
+    cmd.add_argument("--out", default=None, help="folder for eval.json and confusion_matrix.png (default: a new runs/evaluate/<model>/)")
     cmd.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     cmd.add_argument("--exist-ok", action="store_true", help="replace an existing report")
@@ -200,7 +200,11 @@ def _add_evaluate(commands) -> None:
 def _evaluate(args) -> int:
     from emorec.evaluate import evaluate
 
-    out = args.out or Path(args.model).resolve().parent
+    from emorec.files import new_run_dir
+
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"{args.model}: no such model file")
+    out = args.out or new_run_dir(Path("runs") / "evaluate", Path(args.model).stem)
     report = evaluate(args.model, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     if not args.json:

@@ -138,15 +138,11 @@ def validate_image(path: str | Path) -> str | None:
         read_image(path)
     except ImageReadError as error:
         return str(error).removeprefix(f"{path}: ")
-    if _jpeg_components(path) == 4:
-        # OpenCV reads CMYK JPEGs, but TensorFlow's decoder (used by Keras' loader) fails on them mid-training.
-        return "CMYK JPEG: Keras' loader cannot decode it (save it as RGB)"
     return None
 
 
-def _jpeg_components(path: Path) -> int | None:
+def _jpeg_components(data: bytes) -> int | None:
     """Colour components in a JPEG's frame header (1 gray, 3 YCbCr, 4 CMYK), None if not a JPEG."""
-    data = path.read_bytes()
     if data[:2] != b"\xff\xd8":
         return None
     pos = 2
@@ -236,15 +232,35 @@ def clean_view(report: ScanReport) -> Path:
 
     Keras' loader reads a whole folder and fails on the first bad file; this
     lets it see only the files that passed validation, without touching the
-    user's folder. The caller removes the returned folder when done.
+    user's folder. JPEGs that TensorFlow's decoder would read differently
+    from emorec's `read_image` (CMYK, which it refuses, and EXIF-rotated,
+    which it leaves unrotated) are written into the view as converted PNGs.
+    The caller removes the returned folder when done.
     """
     view = Path(tempfile.mkdtemp(prefix="emorec-clean-"))
     for class_name, paths in report.files.items():
         class_dir = view / class_name
         class_dir.mkdir()
         for index, path in enumerate(paths):
-            os.symlink(path.resolve(), class_dir / f"{index:06d}{path.suffix.lower()}")
+            if _needs_conversion(path):
+                cv2.imwrite(str(class_dir / f"{index:06d}.png"), read_image(path))
+            else:
+                os.symlink(path.resolve(), class_dir / f"{index:06d}{path.suffix.lower()}")
     return view
+
+
+def _needs_conversion(path: Path) -> bool:
+    """True for a CMYK or EXIF-rotated JPEG (TensorFlow would fail on or misread it)."""
+    data = path.read_bytes()
+    if _jpeg_components(data) is None:
+        return False
+    if _jpeg_components(data) == 4:
+        return True
+    if b"Exif" not in data[:65536]:
+        return False
+    buffer = np.frombuffer(data, np.uint8)
+    as_stored = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return not np.array_equal(as_stored, cv2.imdecode(buffer, cv2.IMREAD_COLOR))
 
 
 def warn_invalid(report: ScanReport) -> None:
