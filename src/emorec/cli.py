@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,7 @@ from emorec.config import ARCHITECTURES, RECIPES, ConfigError, PredictConfig, Tr
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 failure, 2 usage error)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices are noise on a terminal
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
