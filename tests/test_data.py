@@ -302,7 +302,7 @@ def test_clean_view_links_only_valid_files(mixed_tree):
             links = sorted((view / name).iterdir())
             assert len(links) == report.counts[name]
             assert all(link.is_symlink() for link in links)
-            assert sorted(Path(os.readlink(l)) for l in links) == sorted(p.resolve() for p in report.files[name])
+            assert sorted(Path(os.readlink(link)) for link in links) == sorted(p.resolve() for p in report.files[name])
         view_report = scan_dataset(view, progress=False)
         assert view_report.invalid == [] and view_report.counts == report.counts
     finally:

@@ -9,7 +9,6 @@ import tempfile
 import cv2
 import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import SMALL_CLASSES, copy_fer_subset
 
 from emorec.config import train_config

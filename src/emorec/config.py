@@ -8,7 +8,6 @@ than an hour into training. Precedence: defaults < recipe < explicit values.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -96,8 +95,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        """Write the config as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the config as JSON (atomically)."""
+        from emorec.files import write_json
+
+        write_json(path, self.to_dict())
 
 
 # Recipes are named sets of TrainConfig values. `fer2013` is the recipe of the
