@@ -12,6 +12,7 @@ import pytest
 from conftest import BUNDLED, FER, PHOTOS, face_like, require, write_image
 
 from emorec.cli import build_parser, main
+from emorec.model import read_info
 from emorec.evaluate import evaluate
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -296,3 +297,12 @@ def test_tta_flag_takes_an_optional_mode():
     assert parser.parse_args(["predict", "x.jpg", "--tta", "multi"]).tta == "multi"
     with pytest.raises(SystemExit):
         parser.parse_args(["predict", "x.jpg", "--tta", "crops"])
+
+
+def test_predict_takes_a_leading_model_file_as_the_model(untrained_model_path, capsys):
+    """`emorec predict MODEL IMAGE` (the foundation issue's form) uses MODEL, not the bundled model."""
+    image = str(sorted(require(FER / "val" / "happy").glob("*.jpg"))[0])
+    assert main(["predict", str(untrained_model_path), image, "--no-detect", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["source"] == image
+    assert sorted(result["faces"][0]["probabilities"]) == sorted(read_info(untrained_model_path).class_names)

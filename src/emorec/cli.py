@@ -222,7 +222,8 @@ def _evaluate(args) -> int:
 
 def _add_predict(commands) -> None:
     cmd = commands.add_parser("predict", help="recognize emotions in photos, folders or videos")
-    cmd.add_argument("sources", nargs="*", help="images, folders (walked recursively) or video files")
+    cmd.add_argument("sources", nargs="*", help="images, folders (walked recursively) or video files; "
+                     "a leading .keras file is taken as --model")
     cmd.add_argument("--model", help=".keras model (default: the bundled FER2013 model)")
     cmd.add_argument("--source", help="webcam index such as 0 (live video)")
     cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
@@ -243,6 +244,8 @@ def _predict(args) -> int:
     from emorec import predict
 
     sources = list(args.sources) + ([args.source] if args.source is not None else [])
+    if args.model is None and sources and sources[0].endswith(".keras"):
+        args.model = sources.pop(0)  # `emorec predict MODEL IMAGE...` works too
     if not sources:
         raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
     if args.csv and Path(args.csv).exists() and not args.exist_ok:
