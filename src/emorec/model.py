@@ -218,12 +218,11 @@ def build_model(
 
 
 def inference_copy(model: keras.Model, arch: str, dropout: float = 0.5) -> keras.Model:
-    """The same network in float32 without augmentation, carrying model's trained weights.
+    """The same network without augmentation (in the global dtype policy, float32 by default), with model's weights.
 
     Saved models are built from standard Keras layers only, so plain
     `keras.models.load_model` reads them without importing emorec.
     """
-    keras.config.set_dtype_policy("float32")
     plain = build_model(arch, model.input_shape[1:], _num_classes(model), augment=False, dropout=dropout)
     trained = [layer for layer in model.layers if not isinstance(layer, FaceAugment)]
     for source, target in zip(trained, plain.layers, strict=True):

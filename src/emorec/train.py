@@ -287,8 +287,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
 def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress: bool) -> RunResult:
     num_classes = len(data.class_names)
     keras.config.set_dtype_policy("mixed_bfloat16" if cfg.mixed_precision else "float32")
-    model = build_model(cfg.arch, (cfg.image_size, cfg.image_size, cfg.channels), num_classes,
-                        augment=cfg.augment, dropout=cfg.dropout, seed=cfg.seed)
+    try:  # layers keep the policy they were built with; the global one goes back at once
+        model = build_model(cfg.arch, (cfg.image_size, cfg.image_size, cfg.channels), num_classes,
+                            augment=cfg.augment, dropout=cfg.dropout, seed=cfg.seed)
+    finally:
+        keras.config.set_dtype_policy("float32")
     model.compile(optimizer=make_optimizer(cfg, data.steps_per_epoch), loss=make_loss(cfg, num_classes),
                   metrics=["accuracy"])
     best = BestWeights()
