@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emorec import __version__
-from emorec.config import ARCHITECTURES, RECIPES, ConfigError, PredictConfig, TrainConfig
+from emorec.config import ARCHITECTURES, RECIPES, TTA_MODES, ConfigError, PredictConfig, TrainConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,11 +193,15 @@ def _add_evaluate(commands) -> None:
     cmd.add_argument("model", help=".keras file written by emorec train")
     cmd.add_argument("data", help="class folders (or a .npz pack) to evaluate on")
     cmd.add_argument("--out", default=None, help="folder for eval.json and confusion_matrix.png (default: a new runs/evaluate/<model>/)")
-    cmd.add_argument("--tta", nargs="?", const="flip", default="none", choices=("none", "flip", "multi"),
-                     help="test-time augmentation: --tta (mirror) or --tta multi (12 views)")
+    _add_tta_flag(cmd)
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     cmd.add_argument("--exist-ok", action="store_true", help="replace an existing report")
     cmd.set_defaults(handler=_evaluate)
+
+
+def _add_tta_flag(cmd) -> None:
+    cmd.add_argument("--tta", nargs="?", const="flip", default="none", choices=TTA_MODES,
+                     help="test-time augmentation: --tta (mirror) or --tta multi (12 views)")
 
 
 def _evaluate(args) -> int:
@@ -228,8 +232,7 @@ def _add_predict(commands) -> None:
     cmd.add_argument("--source", help="webcam index such as 0 (live video)")
     cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
     cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")
-    cmd.add_argument("--tta", nargs="?", const="flip", default="none", choices=("none", "flip", "multi"),
-                     help="test-time augmentation: --tta (mirror) or --tta multi (12 views)")
+    _add_tta_flag(cmd)
     cmd.add_argument("--save-annotated", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
     cmd.add_argument("--stride", type=int, default=1, help="video: classify every N-th frame")
     cmd.add_argument("--smooth", type=float, default=0.0, help="video: smoothing of probabilities over frames, 0..0.99")

@@ -17,7 +17,7 @@ COLOR_MODES = ("grayscale", "rgb")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "plateau")
 CLASS_WEIGHTS = ("none", "balanced")
-TTA_MODES = ("none", "flip", "multi")  # emorec.model.TTA_MODES, without importing Keras
+TTA_MODES = ("none", "flip", "multi")  # test-time augmentation: see emorec.model.tta_views
 
 
 class ConfigError(ValueError):
@@ -155,9 +155,16 @@ class PredictConfig:
     exist_ok: bool = _field(False, "allow overwriting annotated outputs")
 
     def __post_init__(self) -> None:
-        _check_choice("tta", {True: "flip", False: "none"}.get(self.tta, self.tta), TTA_MODES)
+        self.tta = tta_mode(self.tta)
         _check_range("stride", self.stride, 1, 100_000)
         _check_range("smooth", self.smooth, 0.0, 0.99)
+
+
+def tta_mode(tta: bool | str | None) -> str:
+    """Normalise a TTA setting: False/None -> "none", True -> "flip", or a name from TTA_MODES."""
+    mode = tta if isinstance(tta, str) else {False: "none", None: "none", True: "flip"}.get(tta, tta)
+    _check_choice("tta", mode, TTA_MODES)
+    return mode
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

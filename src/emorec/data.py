@@ -252,9 +252,10 @@ def clean_view(report: ScanReport) -> Path:
 def _needs_conversion(path: Path) -> bool:
     """True for a CMYK or EXIF-rotated JPEG (TensorFlow would fail on or misread it)."""
     data = path.read_bytes()
-    if _jpeg_components(data) is None:
+    components = _jpeg_components(data)
+    if components is None:
         return False
-    if _jpeg_components(data) == 4:
+    if components == 4:
         return True
     if b"Exif" not in data[:65536]:
         return False

@@ -92,7 +92,8 @@ def load_eval_data(source: str | Path, class_names: list[str], image_size: int, 
 
 def evaluate_model(model, info, source: str | Path, tta: bool | str = False, progress: bool = True) -> EvalReport:
     """Evaluate a loaded model (with its ModelInfo) on a class-folder tree or pack."""
-    from emorec.model import predict_probabilities, tta_mode
+    from emorec.config import tta_mode
+    from emorec.model import predict_probabilities
 
     images, labels = load_eval_data(source, info.class_names, info.image_size, info.channels, progress)
     if len(labels) == 0:

@@ -23,6 +23,8 @@ import numpy as np
 import keras
 from keras import layers
 
+from emorec.config import tta_mode
+
 METADATA_MEMBER = "emorec.json"
 BUNDLED_MODEL = Path(__file__).parent / "models" / "emorec-fer2013.keras"
 
@@ -261,18 +263,9 @@ def _all_layers(model: keras.Model):
 # ----------------------------------------------------------------------------
 
 
-TTA_MODES = ("none", "flip", "multi")
 # "multi": the image, four 2-pixel shifts and a 10% zoom, each also mirrored (12 views).
 # Measured with the bundled model on FER2013 val: 68.68% none, 69.30% flip, 69.94% multi.
 _MULTI_VIEWS = ((2, 0, 1.0), (-2, 0, 1.0), (0, 2, 1.0), (0, -2, 1.0), (0, 0, 1.1))
-
-
-def tta_mode(tta: bool | str | None) -> str:
-    """Normalise a TTA setting: False/None -> "none", True -> "flip", or a name from TTA_MODES."""
-    mode = {False: "none", None: "none", True: "flip"}.get(tta, tta) if not isinstance(tta, str) else tta
-    if mode not in TTA_MODES:
-        raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
-    return mode
 
 
 def tta_views(images: np.ndarray, tta: bool | str) -> list[np.ndarray]:
