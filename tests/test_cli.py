@@ -207,6 +207,14 @@ def test_train_config_error_is_reported(tmp_path, capsys):
     assert "val_split" in capsys.readouterr().err
 
 
+def test_train_with_a_missing_weights_file_is_one_line(fer_binary, tmp_path, capsys):
+    argv = ["train", str(fer_binary["train"]), "--weights", str(tmp_path / "gone.keras"), "--project", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "gone.keras" in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # no run folder was started
+
+
 @pytest.mark.slow
 def test_evaluate_json(seed_run, fer_small, tmp_path, capsys):
     out_dir = tmp_path / "eval"

@@ -21,6 +21,8 @@ from emorec.model import (
     count_flops,
     inference_copy,
     load_model,
+    load_weights_from,
+    model_path,
     predict_probabilities,
     read_info,
     save_model,
@@ -150,6 +152,38 @@ def test_save_and_load_round_trip(tmp_path):
     assert read_info(path) == info
     images = _pixels(4, (40, 40, 3))
     np.testing.assert_allclose(predict_probabilities(loaded, images), predict_probabilities(model, images), atol=1e-6)
+
+
+def test_load_weights_from_copies_everything_for_the_same_classes(tmp_path):
+    trained = build_model("seed", (48, 48, 1), 3, seed=1)
+    path = save_model(trained, tmp_path / "m.keras", ModelInfo(class_names=["a", "b", "c"]))
+    fresh = build_model("seed", (48, 48, 1), 3, augment=True, seed=2)
+    assert load_weights_from(fresh, path, ["a", "b", "c"]) is True
+    images = _pixels(4, (48, 48, 1))
+    np.testing.assert_allclose(predict_probabilities(fresh, images), predict_probabilities(trained, images), atol=1e-6)
+
+
+def test_load_weights_from_other_classes_keeps_a_fresh_classifier(tmp_path):
+    trained = build_model("seed", (48, 48, 1), 3, seed=1)
+    path = save_model(trained, tmp_path / "m.keras", ModelInfo(class_names=["a", "b", "c"]))
+    fresh = build_model("seed", (48, 48, 1), 3, seed=2)
+    head_before = fresh.get_layer("emotion").get_weights()[0].copy()
+    assert load_weights_from(fresh, path, ["x", "y", "z"]) is False
+    np.testing.assert_array_equal(fresh.get_layer("emotion").get_weights()[0], head_before)
+    first_conv = [[layer for layer in model.layers if layer.weights][0] for model in (trained, fresh)]
+    np.testing.assert_array_equal(first_conv[1].get_weights()[0], first_conv[0].get_weights()[0])
+
+
+@pytest.mark.parametrize("arch, shape", [("vgg", (48, 48, 1)), ("seed", (40, 40, 1)), ("seed", (48, 48, 3))])
+def test_load_weights_from_refuses_another_architecture_or_input(tmp_path, arch, shape):
+    path = save_model(build_model("seed", (48, 48, 1), 2), tmp_path / "m.keras", ModelInfo(class_names=["a", "b"]))
+    with pytest.raises(ValueError, match="m.keras: a seed model for"):
+        load_weights_from(build_model(arch, shape, 2), path, ["a", "b"])
+
+
+def test_bundled_is_the_name_of_the_bundled_model():
+    assert model_path("bundled") == model_path(None) == BUNDLED
+    assert model_path("runs/x.keras").name == "x.keras"
 
 
 def test_save_refuses_to_overwrite(tmp_path):

@@ -221,6 +221,23 @@ def test_fer2013_recipe_runs(fer_tree, tmp_path):
     assert result.report.images == 12
 
 
+def test_fine_tuning_starts_from_the_saved_weights(seed_run, fer_small, tmp_path):
+    cfg = _tiny(fer_small["train"], tmp_path, val=str(fer_small["val"]), weights=str(seed_run.best_model),
+                learning_rate=1e-7)
+    result = train(cfg, progress=False)
+    start, _ = load_model(seed_run.best_model)
+    tuned, _ = load_model(result.best_model)
+    # With a learning rate of 1e-7 one epoch barely moves the weights, so the predictions stay those of the start.
+    images = load_arrays(scan_dataset(fer_small["val"], progress=False), 48, 1, progress=False).images
+    np.testing.assert_allclose(predict_probabilities(tuned, images), predict_probabilities(start, images), atol=1e-3)
+    assert result.report.accuracy == seed_run.report.accuracy
+
+
+def test_fine_tuning_from_a_missing_model_fails_before_loading_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.keras"):
+        train(_tiny(tmp_path / "no-data", tmp_path, weights=str(tmp_path / "nothing.keras")), progress=False)
+
+
 def test_validation_classes_must_match(fer_tree, tmp_path):
     train_root = fer_tree(classes=("happy", "surprise"), per_class=4, name="train")
     val_root = fer_tree(classes=("happy", "angry"), per_class=2, name="val")

@@ -52,6 +52,7 @@ class TrainConfig:
     augment: bool = _field(False, "random shifts, flips, rotation, zoom, erasing")
     class_weight: str = _field("none", "none or balanced (inverse class frequency)")
     dropout: float = _field(0.5, "dropout rate before the classifier")
+    weights: str = _field("", "start from this saved model ('bundled': the bundled one) to fine-tune it")
     patience: int = _field(10, "early-stopping patience in epochs (0 disables it)")
     mixed_precision: bool = _field(False, "train in bfloat16 mixed precision (GPU); saved in float32")
     time_limit: float = _field(0.0, "stop after this many minutes, keeping the best (0: none)")

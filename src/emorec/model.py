@@ -232,6 +232,27 @@ def inference_copy(model: keras.Model, arch: str, dropout: float = 0.5) -> keras
     return plain
 
 
+def load_weights_from(model: keras.Model, path: str | Path, class_names: list[str]) -> bool:
+    """Copy a saved model's weights into model, built with the same architecture, to fine-tune it.
+
+    The classifier is copied only when the class names are the same; otherwise
+    it keeps its fresh initialisation. Returns whether the classifier was copied.
+    """
+    path = model_path(path)
+    info = read_info(path)
+    arch, shape = model.name.removeprefix("emorec_"), tuple(model.input_shape[1:])
+    if (info.arch, info.input_shape) != (arch, shape):
+        raise ValueError(f"{path}: a {info.arch} model for {info.input_shape} inputs cannot start a {arch} model "
+                         f"for {shape} inputs (match --arch, --image-size and --color-mode)")
+    saved = keras.models.load_model(path, compile=False)
+    same_classes = info.class_names == class_names
+    targets = [layer for layer in model.layers if not isinstance(layer, FaceAugment)]
+    for source, target in zip(saved.layers, targets, strict=True):
+        if target.name != "emotion" or same_classes:
+            target.set_weights(source.get_weights())
+    return same_classes
+
+
 def _num_classes(model: keras.Model) -> int:
     units = model.output_shape[-1]
     return 2 if units == 1 else units
@@ -352,8 +373,13 @@ def read_info(path: str | Path) -> ModelInfo:
         raise ValueError(f"{path}: not a .keras model file") from None
 
 
+def model_path(path: str | Path | None) -> Path:
+    """The file of a model argument: None or "bundled" mean the bundled model."""
+    return BUNDLED_MODEL if path is None or str(path) == "bundled" else Path(path)
+
+
 def load_model(path: str | Path | None = None) -> tuple[keras.Model, ModelInfo]:
-    """Load a saved model and its metadata; None loads the bundled model."""
-    path = Path(path) if path is not None else BUNDLED_MODEL
+    """Load a saved model and its metadata; None or "bundled" loads the bundled model."""
+    path = model_path(path)
     info = read_info(path)
     return keras.models.load_model(path, compile=False), info

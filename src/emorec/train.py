@@ -27,7 +27,8 @@ from emorec import data as data_lib
 from emorec.config import TrainConfig
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
 from emorec.files import new_run_dir, save_figure, write_json
-from emorec.model import ModelInfo, build_model, inference_copy, predict_probabilities, save_model
+from emorec.model import (ModelInfo, build_model, inference_copy, load_weights_from, model_path, predict_probabilities,
+                          read_info, save_model)
 
 
 @dataclass
@@ -273,6 +274,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
     """Train a model as cfg says and write a run folder; returns where and how well."""
     if not cfg.data:
         raise data_lib.DatasetError("no training data given")
+    if cfg.weights:
+        read_info(model_path(cfg.weights))  # a missing or foreign file fails before the data loads
     keras.utils.set_random_seed(cfg.seed)
     data = load_training_data(cfg, progress)
     run_dir = new_run_dir(cfg.project, cfg.run_name, cfg.exist_ok)
@@ -292,6 +295,8 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress:
                             augment=cfg.augment, dropout=cfg.dropout, seed=cfg.seed)
     finally:
         keras.config.set_dtype_policy("float32")
+    if cfg.weights and not load_weights_from(model, cfg.weights, data.class_names):
+        print(f"{cfg.weights}: other classes than {data.class_names}; the classifier starts afresh", file=sys.stderr)
     model.compile(optimizer=make_optimizer(cfg, data.steps_per_epoch), loss=make_loss(cfg, num_classes),
                   metrics=["accuracy"])
     best = BestWeights()
