@@ -233,6 +233,13 @@ def test_fine_tuning_starts_from_the_saved_weights(seed_run, fer_small, tmp_path
     assert result.report.accuracy == seed_run.report.accuracy
 
 
+def test_fine_tuning_for_other_classes_warns_and_keeps_the_backbone(seed_run, fer_binary, tmp_path):
+    cfg = _tiny(fer_binary["train"], tmp_path, val=str(fer_binary["val"]), weights=str(seed_run.best_model))
+    with pytest.warns(UserWarning, match="classifier starts afresh"):
+        result = train(cfg, progress=False)
+    assert read_info(result.best_model).class_names == ["happy", "surprise"]
+
+
 def test_fine_tuning_from_a_missing_model_fails_before_loading_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.keras"):
         train(_tiny(tmp_path / "no-data", tmp_path, weights=str(tmp_path / "nothing.keras")), progress=False)

@@ -16,6 +16,7 @@ import importlib.util
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,7 +297,7 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress:
     finally:
         keras.config.set_dtype_policy("float32")
     if cfg.weights and not load_weights_from(model, cfg.weights, data.class_names):
-        print(f"{cfg.weights}: other classes than {data.class_names}; the classifier starts afresh", file=sys.stderr)
+        warnings.warn(f"{cfg.weights}: other classes than {data.class_names}; the classifier starts afresh", stacklevel=2)
     model.compile(optimizer=make_optimizer(cfg, data.steps_per_epoch), loss=make_loss(cfg, num_classes),
                   metrics=["accuracy"])
     best = BestWeights()
