@@ -226,10 +226,18 @@ def inference_copy(model: keras.Model, arch: str, dropout: float = 0.5) -> keras
     `keras.models.load_model` reads them without importing emorec.
     """
     plain = build_model(arch, model.input_shape[1:], _num_classes(model), augment=False, dropout=dropout)
-    trained = [layer for layer in model.layers if not isinstance(layer, FaceAugment)]
-    for source, target in zip(trained, plain.layers, strict=True):
-        target.set_weights(source.get_weights())
+    _copy_weights(model, plain)
     return plain
+
+
+def _copy_weights(source: keras.Model, target: keras.Model, skip: tuple[str, ...] = ()) -> None:
+    """Copy weights layer by layer between two builds of one architecture, ignoring FaceAugment."""
+    def plain_layers(model):
+        return [layer for layer in model.layers if not isinstance(layer, FaceAugment)]
+
+    for from_layer, to_layer in zip(plain_layers(source), plain_layers(target), strict=True):
+        if to_layer.name not in skip:
+            to_layer.set_weights(from_layer.get_weights())
 
 
 def load_weights_from(model: keras.Model, path: str | Path, class_names: list[str]) -> bool:
@@ -244,12 +252,8 @@ def load_weights_from(model: keras.Model, path: str | Path, class_names: list[st
     if (info.arch, info.input_shape) != (arch, shape):
         raise ValueError(f"{path}: a {info.arch} model for {info.input_shape} inputs cannot start a {arch} model "
                          f"for {shape} inputs (match --arch, --image-size and --color-mode)")
-    saved = keras.models.load_model(path, compile=False)
     same_classes = info.class_names == class_names
-    targets = [layer for layer in model.layers if not isinstance(layer, FaceAugment)]
-    for source, target in zip(saved.layers, targets, strict=True):
-        if target.name != "emotion" or same_classes:
-            target.set_weights(source.get_weights())
+    _copy_weights(keras.models.load_model(path, compile=False), model, skip=() if same_classes else ("emotion",))
     return same_classes
 
 
