@@ -233,6 +233,27 @@ def test_fine_tuning_starts_from_the_saved_weights(seed_run, fer_small, tmp_path
     assert result.report.accuracy == seed_run.report.accuracy
 
 
+def test_ema_validates_and_saves_the_averaged_weights(seed_run, fer_small, tmp_path):
+    common = dict(val=str(fer_small["val"]), weights=str(seed_run.best_model), optimizer="sgd", learning_rate=0.05,
+                  epochs=2)
+    plain = train(_tiny(fer_small["train"], tmp_path / "plain", **common), progress=False)
+    averaged = train(_tiny(fer_small["train"], tmp_path / "ema", ema=0.99999, **common), progress=False)
+    start = load_model(seed_run.best_model)[0].trainable_weights
+
+    def drift(path):
+        weights = load_model(path)[0].trainable_weights
+        return max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(weights, start))
+
+    # With momentum ~1 the average stays at the first step's weights while the raw weights wander off.
+    for run in (plain, averaged):
+        assert drift(run.run_dir / "weights" / "last.keras") > 0
+    assert drift(averaged.best_model) < drift(plain.best_model) / 5
+    assert drift(averaged.run_dir / "weights" / "last.keras") < drift(plain.run_dir / "weights" / "last.keras") / 5
+    # What validation scored is what was saved.
+    best_epoch = read_info(averaged.best_model).extra["best_epoch"]
+    assert averaged.report.accuracy == pytest.approx(averaged.history["val_accuracy"][best_epoch - 1], abs=1e-6)
+
+
 def test_fine_tuning_for_other_classes_warns_and_keeps_the_backbone(seed_run, fer_binary, tmp_path):
     cfg = _tiny(fer_binary["train"], tmp_path, val=str(fer_binary["val"]), weights=str(seed_run.best_model))
     with pytest.warns(UserWarning, match="classifier starts afresh"):

@@ -156,15 +156,16 @@ def _targets(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam, AdamW or SGD (Nesterov momentum 0.9) with the configured schedule and weight decay."""
+    """Adam, AdamW or SGD (Nesterov momentum 0.9) with the configured schedule, weight decay and EMA."""
     rate = _learning_rate(cfg, steps_per_epoch)
     decay = cfg.weight_decay or None
+    ema = dict(use_ema=True, ema_momentum=cfg.ema) if cfg.ema else {}
     if cfg.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(rate)
+        optimizer = keras.optimizers.Adam(rate, **ema)
     elif cfg.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay)
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay, **ema)
     else:
-        optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
+        optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay, **ema)
     if decay:
         # Decaying BatchNorm scales and biases only fights the normalisation.
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
@@ -212,23 +213,29 @@ def class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
 
 
 class BestWeights(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the best val_accuracy and restores them at the end."""
+    """Keeps the weights of the best (by val_accuracy) and of the last epoch, as validation saw them.
+
+    With EMA on, validation sees the averaged weights, so those are the ones kept.
+    """
 
     def __init__(self):
         super().__init__()
         self.best = -np.inf
         self.best_epoch = -1
         self.weights = None
+        self.last_weights = None
 
     def on_epoch_end(self, epoch, logs=None):
+        self.last_weights = self.model.get_weights()
         score = (logs or {}).get("val_accuracy", -np.inf)
         if score > self.best:
-            self.best, self.best_epoch, self.weights = score, epoch, self.model.get_weights()
+            self.best, self.best_epoch, self.weights = score, epoch, self.last_weights
 
-    def restore(self, model: keras.Model) -> None:
-        """Put the best weights into model (if any epoch finished)."""
-        if self.weights is not None:
-            model.set_weights(self.weights)
+    def restore(self, model: keras.Model, last: bool = False) -> None:
+        """Put the best (or the last epoch's) weights into model, if any epoch finished."""
+        weights = self.last_weights if last else self.weights
+        if weights is not None:
+            model.set_weights(weights)
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -253,8 +260,10 @@ class LearningRateLog(keras.callbacks.Callback):
 
 
 def make_callbacks(cfg: TrainConfig, run_dir: Path, best: BestWeights) -> list[keras.callbacks.Callback]:
-    """Best-weights tracking, LR logging, CSV log, and optional early stop / plateau / time limit / TensorBoard."""
-    callbacks = [best, LearningRateLog(), keras.callbacks.CSVLogger(str(run_dir / "results.csv"))]
+    """EMA swap, best-weights tracking, LR and CSV logs, optional early stop / plateau / time limit / TensorBoard."""
+    # With EMA the averaged weights go in before validation and stay in for the epoch-end callbacks.
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []
+    callbacks += [best, LearningRateLog(), keras.callbacks.CSVLogger(str(run_dir / "results.csv"))]
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, mode="max"))
     if cfg.schedule == "plateau":
@@ -313,6 +322,7 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress:
     seconds = time.monotonic() - started
     info = ModelInfo(class_names=data.class_names, image_size=cfg.image_size, color_mode=cfg.color_mode, arch=cfg.arch,
                      extra={"best_epoch": best.best_epoch + 1, "train_seconds": round(seconds, 1), "recipe": cfg.recipe})
+    best.restore(model, last=True)
     save_model(inference_copy(model, cfg.arch, cfg.dropout), run_dir / "weights" / "last.keras", info, overwrite=True)
     best.restore(model)
     model = inference_copy(model, cfg.arch, cfg.dropout)
