@@ -188,6 +188,15 @@ def test_pack_writes_a_loadable_pack(fer_tree, tmp_path, capsys):
     assert "npz" in capsys.readouterr().err
 
 
+def test_skipped_files_are_one_line_warnings(small_tree, tmp_path, capsys):
+    assert main(["pack", str(small_tree), str(tmp_path / "faces.npz")]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(lines) == 2 and all(line.startswith("emorec pack: warning: skipping ") for line in lines)
+    assert any("readme.txt" in line for line in lines) and any("broken.jpg" in line for line in lines)
+    assert "UserWarning" not in err and "warnings.warn" not in err
+
+
 @pytest.mark.slow
 def test_train_writes_a_run(fer_binary, tmp_path, capsys):
     argv = ["train", str(fer_binary["train"]), "--epochs", "1", "--batch-size", "16", "--val-split", "0.25",
