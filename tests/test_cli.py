@@ -293,6 +293,12 @@ def test_predict_missing_file_does_not_stop_the_batch(bundled, tmp_path, capsys)
     assert any(line.startswith(good) and "face 1" in line for line in lines)
 
 
+def test_predict_on_an_empty_folder_fails_with_one_line(untrained_model_path, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(untrained_model_path), str(tmp_path / "empty")]) == 1
+    assert capsys.readouterr().out.strip().endswith("no images or videos in this folder")
+
+
 def test_predict_without_sources_is_an_error(capsys):
     assert main(["predict"]) == 1
     assert "at least one" in capsys.readouterr().err

@@ -236,6 +236,14 @@ def test_run_predict_routes_videos_and_images(model_path, tmp_path):
     assert "video: 3 frames" in format_results(results)
 
 
+def test_run_predict_reports_a_folder_without_media(untrained_model_path, tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no photos here")
+    results = run_predict(cfg([tmp_path / "empty"], untrained_model_path), progress=False)
+    assert len(results) == 1 and "no images or videos" in results[0].error
+    assert str(tmp_path / "empty") in results[0].error
+
+
 def test_smoothing_is_exponential_per_face_index():
     previous = {}
     first = [FaceResult((0, 0, 9, 9), {"happy": 1.0, "sad": 0.0})]

@@ -621,12 +621,14 @@ def run_predict(cfg: PredictConfig, progress: bool = True) -> list[ImageResult]:
     read-only); the annotated video `<stem>.mp4` is written only into
     cfg.save_annotated. Each video gives an ImageResult with `video` set, or
     with error set if it could not be opened or its outputs already exist.
+    A folder without images or videos gives an ImageResult with error set.
     """
     recognizer = recognizer_from(cfg)
     images = [s for s in cfg.sources if webcam_index(s) is None and not is_video(s)]
     videos = [s for s in cfg.sources if webcam_index(s) is not None or is_video(s)]
     videos += [str(p) for s in images if Path(s).is_dir() for p in iter_sources([s]) if is_video(p)]
-    results = []
+    empty = [s for s in images if Path(s).is_dir() and next(iter_sources([s]), None) is None]
+    results = [ImageResult(str(s), error=f"{s}: no images or videos in this folder") for s in empty]
     if images:
         image_cfg = PredictConfig(**{**cfg.__dict__, "sources": images})
         results += predict_images(image_cfg, progress, recognizer)
