@@ -110,6 +110,16 @@ def test_check_clean_tree(tmp_path, capsys):
     assert "all files are valid images" in capsys.readouterr().out
 
 
+def test_check_names_empty_class_folders_and_fails_without_images(tmp_path, capsys):
+    write_image(tmp_path / "a" / "1.png", face_like())
+    (tmp_path / "b").mkdir()
+    assert main(["check", str(tmp_path)]) == 0
+    assert "class folder(s) with no valid images: b" in capsys.readouterr().out
+    (tmp_path / "a" / "1.png").unlink()
+    assert main(["check", str(tmp_path)]) == 1
+    assert "no image files found" in capsys.readouterr().out
+
+
 def test_check_quarantine_moves_the_invalid_files(small_tree, tmp_path, capsys):
     target = tmp_path / "bad"
     assert main(["check", str(small_tree), "--quarantine", str(target)]) == 0
@@ -241,9 +251,14 @@ def test_evaluate_json(seed_run, fer_small, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
-def test_evaluate_missing_model(tmp_path, capsys):
+def test_evaluate_missing_or_foreign_model_makes_no_report_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.keras").write_text("not a model")
     assert main(["evaluate", str(tmp_path / "none.keras"), str(tmp_path)]) == 1
     assert "none.keras" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "notes.keras"), str(tmp_path)]) == 1
+    assert "notes.keras: not a .keras model file" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 # ----------------------------------------------------------------------------
@@ -256,6 +271,13 @@ def bundled():
     if not BUNDLED.is_file():
         pytest.skip(f"bundled model missing at {BUNDLED}")
     return BUNDLED
+
+
+def test_evaluate_bundled_by_name(bundled, fer_tree, tmp_path, capsys):
+    root = fer_tree(classes=("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"), per_class=2)
+    assert main(["evaluate", "bundled", str(root), "--out", str(tmp_path / "report"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 14
+    assert (tmp_path / "report" / "eval.json").is_file()
 
 
 def test_predict_json_on_photos(bundled, capsys):

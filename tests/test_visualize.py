@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import face_like, write_image
 
-from emorec.data import scan_dataset
+from emorec.data import DatasetError, scan_dataset
 from emorec.visualize import count_chart, sample_grid, save_overview
 
 
@@ -78,3 +78,11 @@ def test_count_chart_bars_match_counts(report):
     figure = count_chart(report)
     heights = [patch.get_height() for patch in figure.axes[0].patches]
     assert heights == [0, 5, 2]
+
+
+def test_save_overview_refuses_a_tree_without_images(tmp_path):
+    (tmp_path / "data" / "happy").mkdir(parents=True)
+    (tmp_path / "data" / "happy" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="no valid images to show"):
+        save_overview(scan_dataset(tmp_path / "data", progress=False), tmp_path / "grid.png")
+    assert not list(tmp_path.glob("*.png"))

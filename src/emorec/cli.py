@@ -86,9 +86,11 @@ def _check(args) -> int:
 
     report = data.scan_dataset(args.data)
     print(report.table())
+    if report.empty_classes:
+        print(f"class folder(s) with no valid images: {', '.join(report.empty_classes)}")
     if not report.invalid:
-        print("all files are valid images")
-        return 0
+        print("all files are valid images" if report.total else "no image files found")
+        return 0 if report.total else 1
     print(f"\n{len(report.invalid)} invalid file(s):")
     for item in report.invalid:
         print(f"  {item.path}: {item.reason}")
@@ -207,7 +209,7 @@ def _train(args) -> int:
 
 def _add_evaluate(commands) -> None:
     cmd = commands.add_parser("evaluate", help="metrics, confusion matrix and JSON report of a model on labelled data")
-    cmd.add_argument("model", help=".keras file written by emorec train")
+    cmd.add_argument("model", help=".keras file written by emorec train, or \"bundled\"")
     cmd.add_argument("data", help="class folders (or a .npz pack) to evaluate on")
     cmd.add_argument("--out", default=None, help="folder for eval.json and confusion_matrix.png (default: a new runs/evaluate/<model>/)")
     _add_tta_flag(cmd)
@@ -223,12 +225,12 @@ def _add_tta_flag(cmd) -> None:
 
 def _evaluate(args) -> int:
     from emorec.evaluate import evaluate
-
     from emorec.files import new_run_dir
+    from emorec.model import model_path, read_info
 
-    if not Path(args.model).is_file():
-        raise FileNotFoundError(f"{args.model}: no such model file")
-    out = args.out or new_run_dir(Path("runs") / "evaluate", Path(args.model).stem)
+    path = model_path(args.model)
+    read_info(path)  # a missing or foreign file fails before the report folder is made
+    out = args.out or new_run_dir(Path("runs") / "evaluate", path.stem)
     report = evaluate(args.model, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     if not args.json:

@@ -64,6 +64,11 @@ class ScanReport:
         """Number of valid images."""
         return sum(self.counts.values())
 
+    @property
+    def empty_classes(self) -> list[str]:
+        """Class folders without a single valid image."""
+        return [name for name, count in self.counts.items() if count == 0]
+
     def table(self) -> str:
         """A printable table of images per class."""
         width = max([len("class")] + [len(n) for n in self.class_names])

@@ -106,9 +106,8 @@ def _from_folders(cfg: TrainConfig, progress: bool) -> TrainingData:
 
 
 def _check_classes(report: data_lib.ScanReport, source) -> None:
-    empty = [name for name, count in report.counts.items() if count == 0]
-    if empty:
-        raise data_lib.DatasetError(f"{source}: class folder(s) with no valid images: {', '.join(empty)}")
+    if report.empty_classes:
+        raise data_lib.DatasetError(f"{source}: class folder(s) with no valid images: {', '.join(report.empty_classes)}")
     if len(report.class_names) < 2:
         raise data_lib.DatasetError(f"{source}: need at least two class folders, found {report.class_names}")
 

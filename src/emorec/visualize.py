@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emorec.data import ScanReport, read_image
+from emorec.data import DatasetError, ScanReport, read_image
 from emorec.files import save_figure
 
 
@@ -51,6 +51,8 @@ def save_overview(report: ScanReport, out: str | Path, per_class: int = 8, seed:
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"{out}: the output must be a .png file")
+    if report.total == 0:
+        raise DatasetError(f"{report.root}: no valid images to show")
     counts_path = out.with_name(f"{out.stem}_counts.png")
     for path in (out, counts_path):
         if path.exists() and not overwrite:
