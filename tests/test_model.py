@@ -28,6 +28,7 @@ from emorec.model import (
     save_model,
     tta_mode,
     tta_views,
+    undo_class_weights,
 )
 
 FER_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
@@ -138,6 +139,17 @@ def test_inference_copy_drops_augmentation_and_keeps_predictions(arch, classes):
     assert plain.count_params() == model.count_params()
     images = _pixels(5, (48, 48, 1))
     np.testing.assert_allclose(predict_probabilities(plain, images), predict_probabilities(model, images), atol=1e-6)
+
+
+@pytest.mark.parametrize("weights", [[2.0, 0.5, 1.0], [4.0, 0.8]])
+def test_undo_class_weights_divides_probabilities_by_the_weights(weights):
+    model = build_model("seed", (48, 48, 1), len(weights), seed=0)
+    images = _pixels(6, (48, 48, 1))
+    before = predict_probabilities(model, images)
+    undo_class_weights(model, weights)
+    expected = before / np.array(weights)
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(predict_probabilities(model, images), expected, atol=1e-5)
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -221,6 +221,21 @@ def test_fer2013_recipe_runs(fer_tree, tmp_path):
     assert result.report.images == 12
 
 
+@pytest.mark.slow
+def test_balanced_class_weights_are_undone_in_the_saved_model(fer_tree, tmp_path):
+    root = fer_tree(classes=("happy", "surprise"), per_class=24)
+    for path in sorted((root / "surprise").iterdir())[:16]:
+        path.unlink()
+    cfg = _tiny(root, tmp_path / "runs", class_weight="balanced", val_split=0.25)
+    result = train(cfg, progress=False)
+    info = read_info(result.best_model)
+    counts = scan_dataset(root, progress=False).counts
+    assert counts == {"happy": 24, "surprise": 8}
+    assert info.extra["class_weights_undone"] == pytest.approx([32 / 48, 32 / 16])
+    assert "class_weights_undone" not in read_info(train(_tiny(root, tmp_path / "plain", val_split=0.25),
+                                                          progress=False).best_model).extra
+
+
 def test_fine_tuning_starts_from_the_saved_weights(seed_run, fer_small, tmp_path):
     cfg = _tiny(fer_small["train"], tmp_path, val=str(fer_small["val"]), weights=str(seed_run.best_model),
                 learning_rate=1e-7)

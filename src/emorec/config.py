@@ -51,7 +51,7 @@ class TrainConfig:
     label_smoothing: float = _field(0.0, "cross-entropy label smoothing")
     ema: float = _field(0.0, "validate and save a moving average of the weights with this momentum, e.g. 0.999 (0: off)")
     augment: bool = _field(False, "random shifts, flips, rotation, zoom, erasing")
-    class_weight: str = _field("none", "none or balanced (inverse class frequency)")
+    class_weight: str = _field("none", "none or balanced (inverse class frequency; undone in the saved model's output)")
     dropout: float = _field(0.5, "dropout rate before the classifier")
     weights: str = _field("", "start from this saved model ('bundled': the bundled one) to fine-tune it")
     patience: int = _field(10, "early-stopping patience in epochs (0 disables it)")

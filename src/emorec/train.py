@@ -29,7 +29,7 @@ from emorec.config import TrainConfig
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
 from emorec.files import new_run_dir, save_figure, write_json
 from emorec.model import (ModelInfo, build_model, inference_copy, load_weights_from, model_path, predict_probabilities,
-                          read_info, save_model)
+                          read_info, save_model, undo_class_weights)
 
 
 @dataclass
@@ -310,7 +310,8 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress:
                   metrics=["accuracy"])
     best = BestWeights()
     started = time.monotonic()
-    fit_args = dict(epochs=cfg.epochs, class_weight=class_weights(data.class_counts, cfg.class_weight),
+    weights = class_weights(data.class_counts, cfg.class_weight)
+    fit_args = dict(epochs=cfg.epochs, class_weight=weights,
                     callbacks=make_callbacks(cfg, run_dir, best), verbose=1 if progress and sys.stdout.isatty() else 2)
     if isinstance(data.train, tuple):
         images, targets = data.train
@@ -321,15 +322,25 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress:
     seconds = time.monotonic() - started
     info = ModelInfo(class_names=data.class_names, image_size=cfg.image_size, color_mode=cfg.color_mode, arch=cfg.arch,
                      extra={"best_epoch": best.best_epoch + 1, "train_seconds": round(seconds, 1), "recipe": cfg.recipe})
+    if weights:
+        info.extra["class_weights_undone"] = [weights[i] for i in range(num_classes)]
     best.restore(model, last=True)
-    save_model(inference_copy(model, cfg.arch, cfg.dropout), run_dir / "weights" / "last.keras", info, overwrite=True)
+    save_model(_for_inference(model, cfg, weights), run_dir / "weights" / "last.keras", info, overwrite=True)
     best.restore(model)
-    model = inference_copy(model, cfg.arch, cfg.dropout)
+    model = _for_inference(model, cfg, weights)
     best_path = save_model(model, run_dir / "weights" / "best.keras", info, overwrite=True)
     hist = {key: [float(v) for v in values] for key, values in history.history.items()}
     report = _final_report(model, data, run_dir)
     _write_history(hist, run_dir)
     return RunResult(run_dir, best_path, hist, report, seconds)
+
+
+def _for_inference(model: keras.Model, cfg: TrainConfig, weights: dict[int, float] | None) -> keras.Model:
+    """The model as saved: no augmentation, float32, class weights undone at the output."""
+    plain = inference_copy(model, cfg.arch, cfg.dropout)
+    if weights:
+        undo_class_weights(plain, [weights[i] for i in range(len(weights))])
+    return plain
 
 
 def _final_report(model: keras.Model, data: TrainingData, run_dir: Path) -> EvalReport:
