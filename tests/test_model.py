@@ -152,6 +152,18 @@ def test_undo_class_weights_divides_probabilities_by_the_weights(weights):
     np.testing.assert_allclose(predict_probabilities(model, images), expected, atol=1e-5)
 
 
+def test_fine_tuning_puts_undone_class_weights_back(tmp_path):
+    trained = build_model("seed", (48, 48, 1), 3, seed=0)
+    bias = trained.layers[-1].get_weights()[1]
+    undo_class_weights(trained, [2.0, 0.5, 1.0])
+    info = ModelInfo(class_names=["a", "b", "c"], image_size=48, color_mode="grayscale", arch="seed",
+                     extra={"class_weights_undone": [2.0, 0.5, 1.0]})
+    path = save_model(trained, tmp_path / "m.keras", info)
+    restarted = build_model("seed", (48, 48, 1), 3, seed=1)
+    assert load_weights_from(restarted, path, ["a", "b", "c"])
+    np.testing.assert_allclose(restarted.layers[-1].get_weights()[1], bias, atol=1e-6)
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = build_model("seed", (40, 40, 3), 3, seed=4)
     info = ModelInfo(class_names=["a", "b", "c"], image_size=40, color_mode="rgb", arch="seed", extra={"best_epoch": 2})

@@ -260,7 +260,9 @@ def load_weights_from(model: keras.Model, path: str | Path, class_names: list[st
     """Copy a saved model's weights into model, built with the same architecture, to fine-tune it.
 
     The classifier is copied only when the class names are the same; otherwise
-    it keeps its fresh initialisation. Returns whether the classifier was copied.
+    it keeps its fresh initialisation. Class weights undone in the saved model
+    are put back, so training goes on from where it stopped. Returns whether
+    the classifier was copied.
     """
     path = model_path(path)
     info = read_info(path)
@@ -270,6 +272,9 @@ def load_weights_from(model: keras.Model, path: str | Path, class_names: list[st
                          f"for {shape} inputs (match --arch, --image-size and --color-mode)")
     same_classes = info.class_names == class_names
     _copy_weights(keras.models.load_model(path, compile=False), model, skip=() if same_classes else ("emotion",))
+    undone = info.extra.get("class_weights_undone")
+    if same_classes and undone:
+        undo_class_weights(model, [1 / weight for weight in undone])
     return same_classes
 
 
