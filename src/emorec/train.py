@@ -322,12 +322,13 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress:
     seconds = time.monotonic() - started
     info = ModelInfo(class_names=data.class_names, image_size=cfg.image_size, color_mode=cfg.color_mode, arch=cfg.arch,
                      extra={"best_epoch": best.best_epoch + 1, "train_seconds": round(seconds, 1), "recipe": cfg.recipe})
-    if weights:
-        info.extra["class_weights_undone"] = [weights[i] for i in range(num_classes)]
+    undone = list(weights.values()) if weights else None  # in class order
+    if undone:
+        info.extra["class_weights_undone"] = undone
     best.restore(model, last=True)
-    save_model(_for_inference(model, cfg, weights), run_dir / "weights" / "last.keras", info, overwrite=True)
+    save_model(_for_inference(model, cfg, undone), run_dir / "weights" / "last.keras", info, overwrite=True)
     best.restore(model)
-    model = _for_inference(model, cfg, weights)
+    model = _for_inference(model, cfg, undone)
     best_path = save_model(model, run_dir / "weights" / "best.keras", info, overwrite=True)
     hist = {key: [float(v) for v in values] for key, values in history.history.items()}
     report = _final_report(model, data, run_dir)
@@ -335,11 +336,11 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress:
     return RunResult(run_dir, best_path, hist, report, seconds)
 
 
-def _for_inference(model: keras.Model, cfg: TrainConfig, weights: dict[int, float] | None) -> keras.Model:
+def _for_inference(model: keras.Model, cfg: TrainConfig, weights: list[float] | None) -> keras.Model:
     """The model as saved: no augmentation, float32, class weights undone at the output."""
     plain = inference_copy(model, cfg.arch, cfg.dropout)
     if weights:
-        undo_class_weights(plain, [weights[i] for i in range(len(weights))])
+        undo_class_weights(plain, weights)
     return plain
 
 
