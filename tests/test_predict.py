@@ -130,6 +130,8 @@ def test_bad_files_in_a_folder_are_errors_and_the_rest_works(recognizer, tmp_pat
         assert by_name[name].error is None and len(by_name[name].faces) == 1
     text = format_results(results)
     assert "corrupt.png  error: " in text and "a.jpg  face 1 (" in text
+    (corrupt_line,) = [line for line in text.splitlines() if "corrupt.png" in line]
+    assert corrupt_line.count("corrupt.png") == 1  # the path is said once
 
 
 @needs_data

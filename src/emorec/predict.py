@@ -709,7 +709,8 @@ def format_results(results: Sequence[ImageResult]) -> str:
     lines = []
     for result in results:
         if result.error is not None:
-            lines.append(f"{result.source}  error: {result.error}")
+            reason = result.error.removeprefix(f"{result.source}: ")  # errors name their file; say it once
+            lines.append(f"{result.source}  error: {reason}")
         elif result.video is not None:
             lines.append(_video_line(result.source, result.video))
         elif not result.faces:
