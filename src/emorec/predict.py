@@ -626,9 +626,10 @@ def run_predict(cfg: PredictConfig, progress: bool = True) -> list[ImageResult]:
     recognizer = recognizer_from(cfg)
     images = [s for s in cfg.sources if webcam_index(s) is None and not is_video(s)]
     videos = [s for s in cfg.sources if webcam_index(s) is not None or is_video(s)]
-    videos += [str(p) for s in images if Path(s).is_dir() for p in iter_sources([s]) if is_video(p)]
-    empty = [s for s in images if Path(s).is_dir() and next(iter_sources([s]), None) is None]
-    results = [ImageResult(str(s), error=f"{s}: no images or videos in this folder") for s in empty]
+    folders = {s: list(iter_sources([s])) for s in images if Path(s).is_dir()}  # each folder walked once here
+    videos += [str(p) for files in folders.values() for p in files if is_video(p)]
+    results = [ImageResult(str(s), error=f"{s}: no images or videos in this folder") for s, files in folders.items()
+               if not files]
     if images:
         image_cfg = PredictConfig(**{**cfg.__dict__, "sources": images})
         results += predict_images(image_cfg, progress, recognizer)
