@@ -26,8 +26,6 @@ from emorec.model import (
     predict_probabilities,
     read_info,
     save_model,
-    tta_mode,
-    tta_views,
     undo_class_weights,
 )
 
@@ -72,42 +70,6 @@ def test_build_rejects_bad_arguments():
         build_model("mobilenet", (48, 48, 1), 7)
     with pytest.raises(ValueError, match="two classes"):
         build_model("seed", (48, 48, 1), 1)
-
-
-def test_predict_probabilities_large_batches_match_small_ones():
-    model = build_model("seed", (48, 48, 1), 3, seed=1)
-    images = _pixels(10, (48, 48, 1))
-    direct = predict_probabilities(model, images, batch_size=256)  # one forward call
-    batched = predict_probabilities(model, images, batch_size=4)  # model.predict in batches
-    np.testing.assert_allclose(direct, batched, atol=1e-5)
-
-
-def test_tta_averages_with_the_mirror_image():
-    model = build_model("seed", (48, 48, 1), 3, seed=2)
-    images = _pixels(3, (48, 48, 1), seed=5)
-    plain = predict_probabilities(model, images)
-    mirrored = predict_probabilities(model, images[:, :, ::-1, :])
-    np.testing.assert_allclose(predict_probabilities(model, images, tta=True), (plain + mirrored) / 2, atol=1e-6)
-
-
-def test_multi_tta_uses_twelve_views_shifted_zoomed_and_mirrored():
-    images = _pixels(2, (48, 48, 1), seed=7)
-    views = tta_views(images, "multi")
-    assert len(views) == 12 and all(view.shape == images.shape for view in views)
-    np.testing.assert_array_equal(views[0], images)
-    # views[1] is shifted 2 px to the right: interior columns move by two.
-    np.testing.assert_array_equal(views[1][:, :, 2:], images[:, :, :-2])
-    np.testing.assert_array_equal(views[6], images[:, :, ::-1, :])  # mirrors follow the six plain views
-    model = build_model("seed", (48, 48, 1), 3, seed=2)
-    float_views = tta_views(images.astype(np.float32), "multi")  # predict_probabilities warps float pixels
-    expected = np.mean([predict_probabilities(model, view) for view in float_views], axis=0)
-    np.testing.assert_allclose(predict_probabilities(model, images, tta="multi"), expected, atol=1e-6)
-
-
-def test_unknown_tta_mode_is_refused():
-    assert [tta_mode(value) for value in (False, None, True, "multi")] == ["none", "none", "flip", "multi"]
-    with pytest.raises(ValueError, match="tta='crops'"):
-        tta_mode("crops")
 
 
 def test_face_augment_is_identity_at_inference_and_random_in_training():

@@ -17,6 +17,7 @@ from typing import Sequence
 
 from emorec import __version__
 from emorec.config import ARCHITECTURES, RECIPES, TTA_MODES, ConfigError, PredictConfig, TrainConfig
+from emorec.extras import MissingExtra, missing_message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,8 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(args.command)
             return args.handler(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, MissingExtra) as error:
         print(f"emorec {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as error:  # an optional dependency of this command is not installed
+        print(f"emorec {args.command}: error: {missing_message(error.name or 'a module', 'this command')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -55,7 +59,7 @@ def _one_line_warnings(command: str):
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
-    parser = argparse.ArgumentParser(prog="emorec", description="Facial emotion recognition: check, show, train, evaluate, predict.")
+    parser = argparse.ArgumentParser(prog="emorec", description="Facial emotion recognition: check, show, pack, train, evaluate, export, predict.")
     parser.add_argument("--version", action="version", version=f"emorec {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_check(commands)
@@ -63,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pack(commands)
     _add_train(commands)
     _add_evaluate(commands)
+    _add_export(commands)
     _add_predict(commands)
     return parser
 
@@ -209,7 +214,7 @@ def _train(args) -> int:
 
 def _add_evaluate(commands) -> None:
     cmd = commands.add_parser("evaluate", help="metrics, confusion matrix and JSON report of a model on labelled data")
-    cmd.add_argument("model", help=".keras file written by emorec train, or \"bundled\"")
+    cmd.add_argument("model", help=".onnx or .keras model file, or \"bundled\"")
     cmd.add_argument("data", help="class folders (or a .npz pack) to evaluate on")
     cmd.add_argument("--out", default=None, help="folder for eval.json and confusion_matrix.png (default: a new runs/evaluate/<model>/)")
     _add_tta_flag(cmd)
@@ -226,15 +231,38 @@ def _add_tta_flag(cmd) -> None:
 def _evaluate(args) -> int:
     from emorec.evaluate import evaluate
     from emorec.files import new_run_dir
-    from emorec.model import model_path, read_info
+    from emorec.runtime import model_path, read_info
 
     path = model_path(args.model)
     read_info(path)  # a missing or foreign file fails before the report folder is made
     out = args.out or new_run_dir(Path("runs") / "evaluate", path.stem)
-    report = evaluate(args.model, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok)
+    report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     if not args.json:
         print(f"report and confusion matrix written to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# export
+# ----------------------------------------------------------------------------
+
+
+def _add_export(commands) -> None:
+    cmd = commands.add_parser("export", help="convert a .keras model to ONNX for the light runtime (checked against Keras)")
+    cmd.add_argument("model", help=".keras file written by emorec train, or \"bundled\"")
+    cmd.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default onnx)")
+    cmd.add_argument("--out", help="output file (default: the model's path with .onnx)")
+    cmd.add_argument("--exist-ok", action="store_true", help="replace an existing file")
+    cmd.set_defaults(handler=_export)
+
+
+def _export(args) -> int:
+    from emorec.export import export_onnx
+
+    result = export_onnx(args.model, args.out, overwrite=args.exist_ok)
+    print(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB); on {result.check_images} check images "
+          f"the largest probability difference from Keras is {result.max_difference:.1e}")
     return 0
 
 
@@ -246,8 +274,8 @@ def _evaluate(args) -> int:
 def _add_predict(commands) -> None:
     cmd = commands.add_parser("predict", help="recognize emotions in photos, folders or videos")
     cmd.add_argument("sources", nargs="*", help="images, folders (walked recursively) or video files; "
-                     "a leading .keras file is taken as --model")
-    cmd.add_argument("--model", help=".keras model (default: the bundled FER2013 model)")
+                     "a leading .onnx or .keras file is taken as --model")
+    cmd.add_argument("--model", help=".onnx or .keras model (default: the bundled FER2013 model, on ONNX Runtime)")
     cmd.add_argument("--source", help="webcam index such as 0 (live video)")
     cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
     cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")
@@ -263,10 +291,11 @@ def _add_predict(commands) -> None:
 
 
 def _predict(args) -> int:
-    from emorec import predict
+    from emorec import output, predict
+    from emorec.runtime import MODEL_SUFFIXES
 
     sources = list(args.sources) + ([args.source] if args.source is not None else [])
-    if args.model is None and sources and sources[0].endswith(".keras"):
+    if args.model is None and sources and sources[0].endswith(MODEL_SUFFIXES):
         args.model = sources.pop(0)  # `emorec predict MODEL IMAGE...` works too
     if not sources:
         raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
@@ -274,13 +303,11 @@ def _predict(args) -> int:
         raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
     cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
                         save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok)
-    results = predict.run_predict(cfg, progress=not args.json)
-    if args.json:
-        print(predict.results_to_json(results))
-    else:
-        print(predict.format_results(results))
+    recognizer = predict.Recognizer.from_config(cfg)
+    results = predict.run_predict(cfg, progress=not args.json, recognizer=recognizer)
+    print(output.results_to_json(results) if args.json else output.format_results(results))
     if args.csv:
-        predict.write_csv(results, args.csv)
+        output.write_csv(results, args.csv, recognizer.class_names)
         print(f"wrote {args.csv}")
     return 1 if any(result.error for result in results) else 0
 

@@ -20,6 +20,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from emorec.preprocess import to_bgr8, to_model_input
+
 # The formats keras.utils.image_dataset_from_directory decodes.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 MAX_PIXELS = 64_000_000  # larger images are refused, not decoded (decompression bombs)
@@ -100,7 +102,7 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     height, width = image.shape[:2]
     if height * width > max_pixels:
         raise ImageReadError(f"{path}: {width}x{height} pixels exceeds the {max_pixels:,}-pixel limit")
-    return _to_bgr8(image)
+    return to_bgr8(image)
 
 
 def _has_jpeg_end(buffer: np.ndarray) -> bool:
@@ -118,20 +120,6 @@ def _read_bytes(path: Path) -> bytes:
     if not data:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     return data
-
-
-def _to_bgr8(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint16:
-        image = (image / 257).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.shape[2] == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    return image
 
 
 def validate_image(path: str | Path) -> str | None:
@@ -297,14 +285,6 @@ def load_arrays(report: ScanReport, image_size: int, channels: int, progress: bo
     shape = (0, image_size, image_size, channels)
     stacked = np.stack(images) if images else np.zeros(shape, np.uint8)
     return ArrayData(stacked, np.array(labels, np.int32), report.class_names)
-
-
-def to_model_input(bgr: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """A BGR image as a (size, size, channels) model input: gray or RGB, resized with INTER_AREA."""
-    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[..., None] if channels == 1 else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    if image.shape[:2] != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return image.reshape(size, size, channels)
 
 
 def fit_arrays(images: np.ndarray, size: int, channels: int) -> np.ndarray:

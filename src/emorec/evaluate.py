@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from emorec import data as data_lib
+from emorec.config import tta_mode
+from emorec.extras import missing_message
 from emorec.files import save_figure, write_json
+from emorec.runtime import Runtime, load_runtime, probabilities
 
 
 @dataclass
@@ -90,38 +95,38 @@ def load_eval_data(source: str | Path, class_names: list[str], image_size: int, 
     return arrays.images, remap[arrays.labels] if len(arrays) else arrays.labels
 
 
-def evaluate_model(model, info, source: str | Path, tta: bool | str = False, progress: bool = True) -> EvalReport:
-    """Evaluate a loaded model (with its ModelInfo) on a class-folder tree or pack."""
-    from emorec.config import tta_mode
-    from emorec.model import predict_probabilities
-
+def evaluate_model(runtime: Runtime, source: str | Path, tta: bool | str = False, progress: bool = True) -> EvalReport:
+    """Evaluate a loaded model (see emorec.runtime.load_runtime) on a class-folder tree or pack."""
+    info = runtime.info
     images, labels = load_eval_data(source, info.class_names, info.image_size, info.channels, progress)
     if len(labels) == 0:
         raise data_lib.DatasetError(f"{source}: no valid images to evaluate on")
-    probs = predict_probabilities(model, images, tta=tta)
+    probs = probabilities(runtime, images, tta=tta)
     return compute_metrics(labels, probs.argmax(axis=1), info.class_names, tta_mode(tta))
 
 
-def evaluate(model_path: str | Path, source: str | Path, out_dir: str | Path | None = None, tta: bool | str = False,
+def evaluate(model_path: str | Path | None, source: str | Path, out_dir: str | Path | None = None, tta: bool | str = False,
              progress: bool = True, overwrite: bool = False) -> EvalReport:
-    """Load a saved model, evaluate it on source and, if out_dir is set, write the report and plots there."""
-    from emorec.model import load_model
-
-    model, info = load_model(model_path)
-    report = evaluate_model(model, info, source, tta=tta, progress=progress)
+    """Load a saved model (.onnx or .keras; None: the bundled one), evaluate it on source and, if out_dir is set, write the report and plots there."""
+    report = evaluate_model(load_runtime(model_path), source, tta=tta, progress=progress)
     if out_dir is not None:
         write_report(report, out_dir, overwrite=overwrite)
     return report
 
 
 def write_report(report: EvalReport, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
-    """Write eval.json and confusion_matrix.png into out_dir; returns their paths."""
+    """Write eval.json and confusion_matrix.png into out_dir; returns their paths.
+
+    Without Matplotlib (the base install) only eval.json is written, with a
+    warning that names the install that adds the plot.
+    """
     out_dir = Path(out_dir)
     suffix = {"none": "", "flip": "_tta"}.get(report.tta, f"_tta_{report.tta}")
-    paths = {
-        "json": write_json(out_dir / f"eval{suffix}.json", report.to_dict(), overwrite),
-        "confusion": save_figure(plot_confusion(report), out_dir / f"confusion_matrix{suffix}.png", overwrite),
-    }
+    paths = {"json": write_json(out_dir / f"eval{suffix}.json", report.to_dict(), overwrite)}
+    if importlib.util.find_spec("matplotlib") is None:
+        warnings.warn(f"no confusion_matrix{suffix}.png: {missing_message('matplotlib', 'the plot')}", stacklevel=2)
+        return paths
+    paths["confusion"] = save_figure(plot_confusion(report), out_dir / f"confusion_matrix{suffix}.png", overwrite)
     return paths
 
 

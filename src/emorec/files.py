@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = True) -> Path:
@@ -62,3 +62,14 @@ def new_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path:
         n += 1
     candidate.mkdir(parents=True, exist_ok=True)
     return candidate
+
+
+def check_targets(paths: Sequence[Path], exist_ok: bool) -> None:
+    """Raise FileExistsError if outputs would replace files (unless exist_ok) or each other."""
+    seen = set()
+    for path in paths:
+        if path in seen:
+            raise FileExistsError(f"{path}: two inputs would write the same annotated file")
+        seen.add(path)
+        if path.exists() and not exist_ok:
+            raise FileExistsError(f"{path}: already exists; refusing to overwrite it (use --exist-ok to replace)")

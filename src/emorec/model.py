@@ -11,44 +11,19 @@ loads the file as usual, and `load_model` here returns both.
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 import keras
 from keras import layers
 
-from emorec.config import tta_mode
+from emorec.runtime import BUNDLED_KERAS, METADATA_KEY, KerasModel, ModelInfo, probabilities, read_info, tta_views  # noqa: F401
 
-METADATA_MEMBER = "emorec.json"
-BUNDLED_MODEL = Path(__file__).parent / "models" / "emorec-fer2013.keras"
-
-
-@dataclass
-class ModelInfo:
-    """What a saved model needs to be used again."""
-
-    class_names: list[str]
-    image_size: int = 48
-    color_mode: str = "grayscale"
-    arch: str = "seed"
-    preprocessing: str = "raw pixels 0-255; the model rescales to [0, 1] itself"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def channels(self) -> int:
-        """Colour channels of the model input."""
-        return 1 if self.color_mode == "grayscale" else 3
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(height, width, channels) of one input image."""
-        return (self.image_size, self.image_size, self.channels)
+BUNDLED_MODEL = BUNDLED_KERAS
 
 
 # ----------------------------------------------------------------------------
@@ -309,52 +284,14 @@ def _all_layers(model: keras.Model):
 # ----------------------------------------------------------------------------
 
 
-# "multi": the image, four 2-pixel shifts and a 10% zoom, each also mirrored (12 views).
-# Measured with the bundled model on FER2013 val: 68.96% none, 69.60% flip, 69.99% multi.
-_MULTI_VIEWS = ((2, 0, 1.0), (-2, 0, 1.0), (0, 2, 1.0), (0, -2, 1.0), (0, 0, 1.1))
+def predict_probabilities(model: keras.Model, images: np.ndarray, tta: bool | str = False) -> np.ndarray:
+    """Class probabilities (N, num_classes) of an in-memory Keras model for raw-pixel images (N, H, W, C).
 
-
-def tta_views(images: np.ndarray, tta: bool | str) -> list[np.ndarray]:
-    """The views of (N, H, W, C) images that test-time augmentation averages over."""
-    mode = tta_mode(tta)
-    views = [images]
-    if mode == "multi":
-        views += [_warp(images, dx, dy, zoom) for dx, dy, zoom in _MULTI_VIEWS]
-    if mode != "none":
-        views += [view[:, :, ::-1, :] for view in views]
-    return views
-
-
-def _warp(images: np.ndarray, dx: float, dy: float, zoom: float) -> np.ndarray:
-    import cv2
-
-    height, width = images.shape[1:3]
-    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), 0, zoom)
-    matrix[:, 2] += (dx, dy)
-    warped = [cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE) for image in images]
-    return np.stack(warped).reshape(images.shape)
-
-
-def predict_probabilities(model: keras.Model, images: np.ndarray, tta: bool | str = False,
-                          batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, num_classes) for raw-pixel images (N, H, W, C).
-
-    tta: False/"none", True/"flip" (average with the mirrored images) or
-    "multi" (12 views: see tta_views). A binary model's single sigmoid output
-    becomes two columns [p(first), p(second)].
+    tta: False/"none", True/"flip" or "multi" (see emorec.runtime.tta_views).
+    A binary model's single sigmoid output becomes two columns [p(first), p(second)].
     """
-    images = np.asarray(images, dtype=np.float32)
-    views = tta_views(images, tta)
-    return np.mean([_forward(model, view, batch_size) for view in views], axis=0)
-
-
-def _forward(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    if len(images) <= batch_size:
-        probs = model.predict_on_batch(images)  # a compiled step: 3x faster than model(x) for one face
-    else:
-        probs = model.predict(images, batch_size=batch_size, verbose=0)
-    probs = np.asarray(probs, dtype=np.float32)
-    return np.concatenate([1 - probs, probs], axis=1) if probs.shape[1] == 1 else probs
+    info = ModelInfo(class_names=[str(i) for i in range(_num_classes(model))])
+    return probabilities(KerasModel(model, info), images, tta)
 
 
 # ----------------------------------------------------------------------------
@@ -377,34 +314,19 @@ def save_model(model: keras.Model, path: str | Path, info: ModelInfo, overwrite:
     try:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
-            archive.writestr(METADATA_MEMBER, json.dumps(asdict(info), indent=2))
+            archive.writestr(METADATA_KEY, info.to_json())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def read_info(path: str | Path) -> ModelInfo:
-    """Read the metadata of a saved model without loading Keras weights."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return ModelInfo(**json.loads(archive.read(METADATA_MEMBER)))
-    except KeyError:
-        raise ValueError(f"{path}: a Keras model without emorec metadata (class names unknown)") from None
-    except zipfile.BadZipFile:
-        raise ValueError(f"{path}: not a .keras model file") from None
-
-
 def model_path(path: str | Path | None) -> Path:
-    """The file of a model argument: None or "bundled" mean the bundled model."""
+    """The `.keras` file of a model argument for training: None or "bundled" mean the bundled model."""
     return BUNDLED_MODEL if path is None or str(path) == "bundled" else Path(path)
 
 
 def load_model(path: str | Path | None = None) -> tuple[keras.Model, ModelInfo]:
-    """Load a saved model and its metadata; None or "bundled" loads the bundled model."""
-    path = model_path(path)
-    info = read_info(path)
-    return keras.models.load_model(path, compile=False), info
+    """Load a saved `.keras` model and its metadata; None or "bundled" loads the bundled model."""
+    runtime = KerasModel.load(model_path(path))
+    return runtime.model, runtime.info

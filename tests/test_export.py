@@ -1,0 +1,80 @@
+"""`emorec export`: .keras to ONNX with metadata, checked against Keras before it is kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import FER, require
+
+from emorec import export
+from emorec.cli import main
+from emorec.data import read_image, scan_dataset
+from emorec.export import check_faces, export_onnx
+from emorec.model import ModelInfo, build_model, inference_copy, save_model
+from emorec.preprocess import to_model_input
+from emorec.runtime import ModelError, OnnxModel, load_runtime, probabilities, read_info
+
+
+def _fer_images(size: int, channels: int, per_class: int = 4) -> np.ndarray:
+    report = scan_dataset(require(FER / "val"), progress=False)
+    files = [path for paths in report.files.values() for path in paths[:per_class]]
+    return np.stack([to_model_input(read_image(path), size, channels) for path in files])
+
+
+@pytest.mark.parametrize("arch, size, color_mode, classes", [
+    ("seed", 48, "grayscale", 7),
+    pytest.param("vgg", 48, "grayscale", 7, marks=pytest.mark.slow),
+    pytest.param("resnet", 40, "rgb", 3, marks=pytest.mark.slow),
+    pytest.param("seed", 48, "rgb", 2, marks=pytest.mark.slow),
+])
+def test_export_round_trips_on_real_faces(tmp_path, arch, size, color_mode, classes):
+    channels = 1 if color_mode == "grayscale" else 3
+    model = inference_copy(build_model(arch, (size, size, channels), classes, augment=True, seed=5), arch)
+    info = ModelInfo(class_names=[f"c{i}" for i in range(classes)], image_size=size, color_mode=color_mode, arch=arch,
+                     extra={"class_weights_undone": [1.5] * classes})
+    keras_path = save_model(model, tmp_path / "m.keras", info)
+    result = export_onnx(keras_path)
+    assert result.path == tmp_path / "m.onnx" and result.max_difference <= export.TOLERANCE
+    assert read_info(result.path) == info  # class names, size, colour mode, undone weights
+    images = _fer_images(size, channels)
+    onnx_probs = probabilities(load_runtime(result.path), images)
+    keras_probs = probabilities(load_runtime(keras_path), images)
+    assert onnx_probs.shape == (len(images), max(classes, 2))
+    np.testing.assert_allclose(onnx_probs, keras_probs, atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "m.onnx"]  # no temporary files left
+
+
+def test_export_refuses_to_overwrite_and_checks_the_suffix(untrained_model_path, tmp_path):
+    target = tmp_path / "taken.onnx"
+    target.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="taken.onnx: already exists"):
+        export_onnx(untrained_model_path, target)
+    assert target.read_bytes() == b"keep me"
+    with pytest.raises(ValueError, match="must end in .onnx"):
+        export_onnx(untrained_model_path, tmp_path / "m.bin")
+
+
+def test_export_writes_nothing_when_onnx_disagrees(untrained_model_path, tmp_path, monkeypatch):
+    original = export.keras_probabilities  # shifted below: as if the conversion had changed the network
+    monkeypatch.setattr(export, "keras_probabilities", lambda m, i, x: np.roll(original(m, i, x), 1, axis=1))
+    with pytest.raises(ModelError, match="differ from Keras"):
+        export_onnx(untrained_model_path, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_faces_are_varied_model_sized_images():
+    faces = check_faces(ModelInfo(class_names=["a", "b"], image_size=40, color_mode="rgb"), count=8)
+    assert faces.shape == (8, 40, 40, 3) and faces.dtype == np.uint8
+    assert len({face.tobytes() for face in faces}) == 8 and faces.std() > 20
+
+
+def test_cli_export_then_predict_with_the_onnx_file(untrained_model_path, tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    assert main(["export", str(untrained_model_path), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert isinstance(load_runtime(out), OnnxModel)
+    crop = next(iter(sorted((require(FER / "val") / "happy").glob("*.jpg"))))
+    assert main(["predict", str(out), str(crop), "--json"]) == 0
+    assert '"emotion"' in capsys.readouterr().out
+    assert main(["export", str(untrained_model_path), "--out", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
