@@ -2,6 +2,7 @@
 
     python benchmarks/detectors.py              # detector table on shared/data/photos
     python benchmarks/detectors.py --calibrate  # FER crop vs detector box numbers
+    python benchmarks/detectors.py --passes     # YuNet at full size vs coarse first, with the bundled model
 
 Data is looked up in ../shared/data relative to the repository root. Results
 go to benchmarks/results/detectors.json (and fer_framing.json).
@@ -102,15 +103,65 @@ def calibrate(name: str, per_class: int) -> dict:
     return {"detector": name, "images": len(paths), "one_face": len(rows), "stats": stats}
 
 
+def _fine_only(image, max_side, find):
+    return find(*faces._prepare(image, max_side))
+
+
+def compare_passes(per_class: int) -> list[dict]:
+    """The bundled model through Recognizer with YuNet looking at max_side only, or at COARSE_SIDE first.
+
+    Faces found, correct top emotions and ms per image on the labelled
+    photos and on FER2013 val images (which the detector re-crops).
+    """
+    import csv
+
+    from emorec.recognizer import WholeImage, Recognizer
+
+    labels = {r["image"]: r["emotion"] for r in csv.DictReader(open(DATA / "photos" / "labels.csv"))}
+    sets = {"photos": [(DATA / "photos" / name, emotion) for name, emotion in labels.items()],
+            "fer_val": [(p, p.parent.name) for p in fer_images(per_class)]}
+    rows = []
+    coarse_then_fine = faces._coarse_then_fine
+    for variant, passes in (("fine only", _fine_only), ("coarse first", coarse_then_fine)):
+        faces._coarse_then_fine = passes
+        recognizer = Recognizer(detector="yunet")
+        for name, items in sets.items():
+            images = [(cv2.imread(str(path)), emotion) for path, emotion in items]
+            recognizer.predict(images[0][0])
+            found = correct = 0
+            times = []
+            for image, emotion in images:
+                start = time.perf_counter()
+                prepared = recognizer.prepare(image)
+                result = recognizer.classify_prepared([prepared])[0]
+                times.append((time.perf_counter() - start) * 1000)
+                found += bool(prepared.regions) and not isinstance(prepared.regions[0], WholeImage)
+                largest = max(result, key=lambda f: f.box[2] * f.box[3] if f.box else 0, default=None)
+                correct += largest is not None and largest.emotion == emotion
+            rows.append({"variant": variant, "set": name, "images": len(images), "faces_found": found,
+                         "correct": correct, "accuracy": round(correct / len(images), 4),
+                         "median_ms": round(statistics.median(times), 2)})
+    return rows
+
+
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calibrate", action="store_true", help="measure FER2013 framing instead")
-    parser.add_argument("--per-class", type=int, default=60, help="FER val images per class (calibrate)")
+    parser.add_argument("--passes", action="store_true", help="compare fine-only and coarse-first detection")
+    parser.add_argument("--per-class", type=int, default=60, help="FER val images per class (calibrate, passes)")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"no data at {DATA}")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.passes:
+        rows = compare_passes(args.per_class)
+        print(f"{'variant':<16}{'set':<9}{'images':>7}{'faces':>7}{'correct':>9}{'accuracy':>10}{'ms/image':>10}")
+        for r in rows:
+            print(f"{r['variant']:<16}{r['set']:<9}{r['images']:>7}{r['faces_found']:>7}{r['correct']:>9}"
+                  f"{r['accuracy']:>10.4f}{r['median_ms']:>10.1f}")
+        (RESULTS / "detection_passes.json").write_text(json.dumps(rows, indent=1))
+        return
     if args.calibrate:
         result = [calibrate(name, args.per_class) for name in faces.DETECTORS]
         print(json.dumps(result, indent=1))
