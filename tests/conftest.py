@@ -104,3 +104,50 @@ def untrained_model_path(tmp_path_factory) -> Path:
     model = build_model("seed", (48, 48, 1), len(SMALL_CLASSES), seed=3)
     path = tmp_path_factory.mktemp("model") / "untrained.keras"
     return save_model(model, path, ModelInfo(class_names=list(SMALL_CLASSES)))
+
+
+# --- prediction ------------------------------------------------------------
+
+FER_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+PHOTO_NAMES = ["Arnaud_Lagardere_0001.jpg", "Beyonce_Knowles_0001.jpg", "Carson_Palmer_0004.jpg"]
+
+
+def photo(name: str = PHOTO_NAMES[0]) -> np.ndarray:
+    """One of the labelled photos as a BGR array (skips the test without shared data)."""
+    return cv2.imread(str(require(PHOTOS / name)))
+
+
+def write_video(path: Path, frames: int = 10, size: tuple[int, int] = (320, 240)) -> Path:
+    """An mp4v/avi clip of a photo's face on a black border, repeated for `frames` frames."""
+    face = cv2.resize(photo(), (size[1] - 40, size[1] - 40))
+    frame = cv2.copyMakeBorder(face, 20, 20, (size[0] - face.shape[1]) // 2, (size[0] - face.shape[1]) // 2,
+                               cv2.BORDER_CONSTANT)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (frame.shape[1], frame.shape[0]))
+    for _ in range(frames):
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="session")
+def seven_class_model(tmp_path_factory) -> Path:
+    """An untrained seed model for the seven FER2013 classes, saved with emorec metadata."""
+    from emorec.model import ModelInfo, build_model, save_model
+
+    model = build_model("seed", (48, 48, 1), len(FER_CLASSES), seed=0)
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.keras", ModelInfo(class_names=FER_CLASSES))
+
+
+@pytest.fixture(scope="session")
+def recognizer(seven_class_model):
+    """A Recognizer for seven_class_model with the automatic detector."""
+    from emorec.recognizer import Recognizer
+
+    return Recognizer(seven_class_model)
+
+
+def assert_distribution(face, classes=FER_CLASSES) -> None:
+    """face.probabilities is a distribution over classes, and emotion/confidence are its top entry."""
+    assert list(face.probabilities) == list(classes)
+    assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert face.emotion in classes and face.confidence == max(face.probabilities.values())

@@ -9,7 +9,7 @@ from conftest import FER, require
 from emorec import export
 from emorec.cli import main
 from emorec.data import read_image, scan_dataset
-from emorec.export import check_faces, export_onnx
+from emorec.export import check_faces, export_onnx, int8_path, quantize_int8
 from emorec.model import ModelInfo, build_model, inference_copy, save_model
 from emorec.preprocess import to_model_input
 from emorec.runtime import ModelError, OnnxModel, load_runtime, probabilities, read_info
@@ -78,3 +78,23 @@ def test_cli_export_then_predict_with_the_onnx_file(untrained_model_path, tmp_pa
     assert '"emotion"' in capsys.readouterr().out
     assert main(["export", str(untrained_model_path), "--out", str(out)]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_int8_copy_is_kept_only_within_the_accuracy_margin(seven_class_model, fer_tree, tmp_path):
+    val = fer_tree(classes=("angry", "happy", "sad"), per_class=8, split="val")
+    exported = export_onnx(seven_class_model, tmp_path / "model" / "m.onnx").path
+    refused = quantize_int8(exported, val, margin=-100, progress=False)  # demands 100 points better: never met
+    assert not refused.kept and not int8_path(exported).exists()
+    kept = quantize_int8(exported, val, margin=100, progress=False)
+    assert kept.kept and kept.path == tmp_path / "model" / "m.int8.onnx" and kept.images == 24
+    model = load_runtime(kept.path)
+    assert model.info == read_info(exported) and kept.path.stat().st_size < exported.stat().st_size / 2
+    assert sorted(p.name for p in exported.parent.iterdir()) == ["m.int8.onnx", "m.onnx"]
+    with pytest.raises(FileExistsError):
+        quantize_int8(exported, val, progress=False)
+
+
+def test_bundled_int8_model_is_selectable_by_name():
+    model = load_runtime("bundled-int8")
+    assert model.path.name == "emorec-fer2013.int8.onnx"
+    assert model.info == load_runtime("bundled").info

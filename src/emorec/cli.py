@@ -126,6 +126,9 @@ def _add_show(commands) -> None:
 
 
 def _show(args) -> int:
+    from emorec.extras import require
+
+    require("matplotlib", "emorec show")  # before the scan, not after it
     from emorec import data, visualize
 
     report = data.scan_dataset(args.data)
@@ -253,17 +256,30 @@ def _add_export(commands) -> None:
     cmd.add_argument("model", help=".keras file written by emorec train, or \"bundled\"")
     cmd.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default onnx)")
     cmd.add_argument("--out", help="output file (default: the model's path with .onnx)")
-    cmd.add_argument("--exist-ok", action="store_true", help="replace an existing file")
+    cmd.add_argument("--int8", metavar="VAL", help="also write NAME.int8.onnx, kept only if its accuracy on the "
+                     "class folders VAL is within 0.2 points of float32")
+    cmd.add_argument("--calibration", metavar="DIR", help="class folders to calibrate int8 ranges on (default: VAL)")
+    cmd.add_argument("--exist-ok", action="store_true", help="replace existing files")
     cmd.set_defaults(handler=_export)
 
 
 def _export(args) -> int:
-    from emorec.export import export_onnx
+    from emorec.export import export_onnx, quantize_int8
 
+    if args.calibration and not args.int8:
+        raise ValueError("--calibration goes with --int8 VAL")
     result = export_onnx(args.model, args.out, overwrite=args.exist_ok)
     print(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB); on {result.check_images} check images "
           f"the largest probability difference from Keras is {result.max_difference:.1e}")
-    return 0
+    if not args.int8:
+        return 0
+    int8 = quantize_int8(result.path, args.int8, args.calibration, overwrite=args.exist_ok)
+    figures = f"val accuracy {int8.float_accuracy:.2%} float32, {int8.int8_accuracy:.2%} int8 on {int8.images} images"
+    if int8.kept:
+        print(f"wrote {int8.path} ({int8.path.stat().st_size / 2**20:.1f} MiB); {figures}")
+        return 0
+    print(f"int8 copy not kept: {figures} (more than 0.2 points lower)")
+    return 1
 
 
 # ----------------------------------------------------------------------------

@@ -24,6 +24,11 @@ class FaceResult:
     score: float | None = None
 
     @property
+    def whole_image(self) -> bool:
+        """True when the whole image was classified as one face (no detection box)."""
+        return self.box is None
+
+    @property
     def emotion(self) -> str:
         """The most probable class."""
         return max(self.probabilities, key=self.probabilities.get)

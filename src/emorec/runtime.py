@@ -33,6 +33,7 @@ METADATA_KEY = "emorec.json"  # the .keras zip member and the ONNX metadata prop
 MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED_ONNX = MODELS_DIR / "emorec-fer2013.onnx"
 BUNDLED_KERAS = MODELS_DIR / "emorec-fer2013.keras"
+BUNDLED = {"bundled": BUNDLED_ONNX, "bundled-int8": MODELS_DIR / "emorec-fer2013.int8.onnx"}
 MODEL_SUFFIXES = (".onnx", ".keras")
 BATCH = 256  # images per forward call on long lists (bounded memory)
 
@@ -73,8 +74,8 @@ class ModelInfo:
 
 
 def model_path(path: str | Path | None) -> Path:
-    """The file of a model argument for inference: None or "bundled" mean the bundled ONNX model."""
-    return BUNDLED_ONNX if path is None or str(path) == "bundled" else Path(path)
+    """The file of a model argument for inference: None or "bundled" mean the bundled ONNX model, "bundled-int8" its int8 copy."""
+    return BUNDLED_ONNX if path is None else BUNDLED.get(str(path), Path(path))
 
 
 def read_info(path: str | Path) -> ModelInfo:
@@ -126,6 +127,8 @@ def _onnx_session(path: Path, threads: int = 0):
     options.intra_op_num_threads = threads  # 0: one per core
     options.inter_op_num_threads = 1  # the graph is a chain: parallel branches would only contend
     options.log_severity_level = 3  # its warnings are about graph rewrites, not about the user's data
+    # Idle ORT threads would spin while the detector and the decoders need the same cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types for unreadable files
