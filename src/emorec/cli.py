@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emorec import __version__
-from emorec.config import ARCHITECTURES, RECIPES, TTA_MODES, ConfigError, PredictConfig, TrainConfig
+from emorec.config import ARCHITECTURES, RECIPES, TTA_MODES, ConfigError, PredictConfig, ServeConfig, TrainConfig
 from emorec.extras import MissingExtra, missing_message
 
 
@@ -59,7 +59,7 @@ def _one_line_warnings(command: str):
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
-    parser = argparse.ArgumentParser(prog="emorec", description="Facial emotion recognition: check, show, pack, train, evaluate, export, predict.")
+    parser = argparse.ArgumentParser(prog="emorec", description="Facial emotion recognition: check, show, pack, train, evaluate, export, predict, serve.")
     parser.add_argument("--version", action="version", version=f"emorec {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_check(commands)
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_export(commands)
     _add_predict(commands)
+    _add_serve(commands)
     return parser
 
 
@@ -326,6 +327,29 @@ def _predict(args) -> int:
         output.write_csv(results, args.csv, recognizer.class_names)
         print(f"wrote {args.csv}")
     return 1 if any(result.error for result in results) else 0
+
+
+# ----------------------------------------------------------------------------
+# serve
+# ----------------------------------------------------------------------------
+
+
+def _add_serve(commands) -> None:
+    cmd = commands.add_parser("serve", help="an HTTP API and a web page for recognizing emotions (needs emorec[serve])")
+    for item in dataclasses.fields(ServeConfig):
+        kind = {"int": int, "float": float}.get(str(item.type), str)
+        cmd.add_argument("--" + item.name.replace("_", "-"), type=kind, default=item.default,
+                         help=f"{item.metadata['help']} (default: {item.default})")
+    cmd.set_defaults(handler=_serve)
+
+
+def _serve(args) -> int:
+    from emorec.serve import serve
+
+    cfg = ServeConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(ServeConfig)})
+    print(f"emorec serve: http://{cfg.host}:{cfg.port}/ (API docs at /docs); Ctrl-C stops it")
+    serve(cfg)
+    return 0
 
 
 if __name__ == "__main__":

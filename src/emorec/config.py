@@ -148,7 +148,7 @@ class PredictConfig:
     """Everything `emorec predict` needs."""
 
     sources: list[str] = _field([], "images, folders, videos, or a webcam index")
-    model: str | None = _field(None, ".keras file; None uses the bundled model")
+    model: str | None = _field(None, ".onnx or .keras file; None uses the bundled model")
     detector: str = _field("auto", "face detector name (see emorec.faces)")
     detect: bool = _field(True, "False treats every input as an already cropped face")
     tta: str = _field("none", "test-time augmentation: none, flip (mirror) or multi (12 views)")
@@ -161,6 +161,27 @@ class PredictConfig:
         self.tta = tta_mode(self.tta)
         _check_range("stride", self.stride, 1, 100_000)
         _check_range("smooth", self.smooth, 0.0, 0.99)
+
+
+@dataclass
+class ServeConfig:
+    """Everything `emorec serve` needs."""
+
+    model: str | None = _field(None, ".onnx or .keras file; None uses the bundled model")
+    detector: str = _field("auto", "face detector name (see emorec.faces)")
+    host: str = _field("127.0.0.1", "address to listen on")
+    port: int = _field(8000, "TCP port")
+    workers: int = _field(2, "inference threads: requests beyond them wait in the queue")
+    queue: int = _field(32, "requests admitted at once (running and waiting); more get 503 with Retry-After")
+    max_upload_mb: float = _field(20.0, "largest request body in MB; larger uploads get 413")
+    max_files: int = _field(32, "most files in one request")
+
+    def __post_init__(self) -> None:
+        _check_range("port", self.port, 0, 65_535)
+        _check_range("workers", self.workers, 1, 256)
+        _check_range("queue", self.queue, 1, 100_000)
+        _check_range("max_upload_mb", self.max_upload_mb, 0.001, 10_000)
+        _check_range("max_files", self.max_files, 1, 10_000)
 
 
 def tta_mode(tta: bool | str | None) -> str:

@@ -2,7 +2,8 @@
 
 The base install (`pip install emorec`) predicts and evaluates with ONNX
 Runtime. Training, `show`, `export` and `.keras` models need the `train`
-extra (Keras, TensorFlow CPU, Matplotlib, tf2onnx).
+extra (Keras, TensorFlow CPU, Matplotlib, tf2onnx); `emorec serve` the
+`serve` extra (FastAPI, Uvicorn).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ EXTRA_OF = {
     "matplotlib": "train",
     "tf2onnx": "train",
     "onnx": "train",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
     "onnxruntime": "",  # part of the base install
 }
 

@@ -11,6 +11,7 @@ images). Keras is imported only for `.keras` model files.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -73,6 +74,17 @@ class Recognizer:
     def from_config(cls, cfg: PredictConfig) -> "Recognizer":
         """A Recognizer with the model, detector and options of a PredictConfig."""
         return cls(cfg.model, detector=cfg.detector, detect=cfg.detect, tta=cfg.tta)
+
+    def with_options(self, tta: bool | str | None = None, detect: bool | None = None) -> "Recognizer":
+        """A Recognizer sharing this one's model and detector, with other TTA or detection settings."""
+        other = copy.copy(self)
+        other.tta = self.tta if tta is None else tta
+        other.detect = self.detect if detect is None else detect
+        if other.detect and self.detector is None:
+            other.detector = create_detector("auto")
+        elif not other.detect:
+            other.detector = None
+        return other
 
     @property
     def class_names(self) -> list[str]:

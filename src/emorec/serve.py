@@ -1,0 +1,223 @@
+"""`emorec serve`: the recognizer behind an HTTP API and a web page (FastAPI on Uvicorn).
+
+    POST /v1/predict   multipart field `files` (one or more photos); ?tta=flip&detect=false
+                       -> a JSON list, one object per file in upload order, shaped as
+                          `emorec predict --json` prints it (source = the uploaded name)
+    GET  /v1/model     class names, input size, model file, versions, model card figures
+    GET  /healthz      200 once the model is loaded
+    GET  /             the web page (photos or the webcam; served from the package, works offline)
+    GET  /docs         the OpenAPI page
+
+Bad requests never hurt the service: a body over `max_upload_mb` gets 413
+before it is read, a file that is not a usable image gets its own `error`
+(422 when every file failed), and the sizes in image headers are checked
+before decoding (the reader of `emorec check`). Inference runs on
+`workers` threads; at most `queue` requests are admitted at once, the
+others get 503 with Retry-After. Needs the `serve` extra (FastAPI, Uvicorn).
+"""
+
+
+import asyncio
+import os
+import re
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from emorec import __version__
+from emorec.config import ServeConfig, tta_mode
+from emorec.data import ImageReadError, read_image
+from emorec.recognizer import Prepared, Recognizer
+from emorec.results import ImageResult
+
+WEB = Path(__file__).parent / "web"
+
+
+class Admission:
+    """Counts requests in the service; refuses one more than `limit` instead of queueing without end."""
+
+    def __init__(self, limit: int):
+        self.limit, self.count, self.lock = limit, 0, threading.Lock()
+
+    def enter(self) -> bool:
+        """Admit one request unless `limit` are already in; True if admitted."""
+        with self.lock:
+            if self.count >= self.limit:
+                return False
+            self.count += 1
+            return True
+
+    def leave(self) -> None:
+        """One admitted request is done."""
+        with self.lock:
+            self.count -= 1
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `limit` bytes, by its Content-Length or while it streams."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _too_large(send, self.limit)
+        seen = 0
+        started = False
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    """The request body passed the limit while it was being read."""
+
+
+async def _too_large(send, limit: int) -> None:
+    body = f'{{"detail": "request body over {limit / 1e6:g} MB"}}'.encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def recognize_uploads(recognizer: Recognizer, uploads: list[tuple[str, bytes]]) -> list[ImageResult]:
+    """One ImageResult per (file name, bytes), in order; the faces of all files share one model call."""
+    prepared: list[tuple[int, Prepared]] = []
+    results = [ImageResult(name) for name, _ in uploads]
+    for index, (name, payload) in enumerate(uploads):
+        try:
+            prepared.append((index, recognizer.prepare(decode_upload(name, payload))))
+        except (ImageReadError, ValueError) as error:
+            results[index].error = str(error)
+    for (index, _), faces in zip(prepared, recognizer.classify_prepared([item for _, item in prepared])):
+        results[index].faces = faces
+    return results
+
+
+def decode_upload(name: str, payload: bytes):
+    """An uploaded file as a BGR array, through the same safe reader as files on disk; errors name the upload."""
+    suffix = Path(name).suffix.lower()
+    if not re.fullmatch(r"\.[a-z0-9]{1,5}", suffix):
+        suffix = ".img"
+    with tempfile.NamedTemporaryFile(suffix=suffix, prefix="emorec-upload-") as handle:
+        handle.write(payload)
+        handle.flush()
+        try:
+            return read_image(handle.name)
+        except ImageReadError as error:
+            raise ImageReadError(str(error).replace(handle.name, name)) from None
+
+
+def model_card_figures(path: Path | None) -> dict[str, str]:
+    """The results table of the model card beside a model file (NAME.md), as {row: "accuracy, macro-F1"}."""
+    if path is None:
+        return {}
+    card = path.with_name(path.name.split(".")[0] + ".md")
+    if not card.is_file():
+        return {}
+    figures = {}
+    for line in card.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip().strip("*") for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[1].endswith("%") and cells[0] and not cells[0].startswith("-"):
+            figures[cells[0]] = f"accuracy {cells[1]}, macro-F1 {cells[2]}"
+    return figures
+
+
+def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
+    """The FastAPI application: the model loads once at start-up (or is given), endpoints stay thin."""
+    from emorec.extras import require
+
+    require("fastapi", "emorec serve")
+    from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+
+    state: dict = {}
+    admission = Admission(cfg.queue)
+    pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="emorec-infer")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state["recognizer"] = recognizer or Recognizer(cfg.model, detector=cfg.detector)
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="emorec", version=__version__, lifespan=lifespan,
+                  description="Facial emotion recognition: faces, boxes and the probability of each emotion.")
+    app.add_middleware(BodyLimit, limit=int(cfg.max_upload_mb * 1e6))
+
+    @app.get("/healthz")
+    def healthz():
+        """200 once the model is loaded."""
+        if "recognizer" not in state:
+            raise HTTPException(503, "model not loaded yet")
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    def model_info():
+        """The loaded model: classes, input, file, versions and the model card's figures."""
+        rec: Recognizer = state["recognizer"]
+        path = rec.runtime.path
+        return {"class_names": rec.class_names, "image_size": rec.info.image_size, "color_mode": rec.info.color_mode,
+                "arch": rec.info.arch, "model_file": path.name if path else None, "emorec_version": __version__,
+                "model_card": model_card_figures(path)}
+
+    @app.post("/v1/predict")
+    async def predict(files: list[UploadFile] = File(...), tta: str = Query("none", description="none, flip or multi"),
+                      detect: bool = Query(True, description="false: each file is already a face crop")):
+        """Faces and emotions for each uploaded photo, in upload order."""
+        try:
+            mode = tta_mode(tta)
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+        if len(files) > cfg.max_files:
+            raise HTTPException(413, f"at most {cfg.max_files} files per request")
+        if not admission.enter():
+            raise HTTPException(503, "busy: too many requests in the queue", headers={"Retry-After": "1"})
+        try:
+            uploads = [(file.filename or f"file{i + 1}", await file.read()) for i, file in enumerate(files)]
+            rec = state["recognizer"].with_options(tta=mode, detect=detect)
+            results = await asyncio.get_running_loop().run_in_executor(pool, recognize_uploads, rec, uploads)
+        finally:
+            admission.leave()
+        body = [result.to_dict() for result in results]
+        return JSONResponse(body, status_code=422 if all(r.error for r in results) else 200)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(WEB / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+    return app
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Run the service with Uvicorn until interrupted."""
+    from emorec.extras import require
+
+    require("uvicorn", "emorec serve")
+    import uvicorn
+
+    app = create_app(cfg)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=os.environ.get("EMOREC_LOG_LEVEL", "warning"))

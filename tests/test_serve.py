@@ -1,0 +1,147 @@
+"""The HTTP API through FastAPI's TestClient: every endpoint, every bad upload, 413 and 503, and recovery."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from conftest import FER_CLASSES, PHOTO_NAMES, PHOTOS, require
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from emorec.cli import main  # noqa: E402
+from emorec.config import ServeConfig  # noqa: E402
+from emorec.serve import create_app, model_card_figures  # noqa: E402
+
+
+def png_header_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A PNG whose header declares width x height pixels, with one tiny compressed row."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(ServeConfig(max_upload_mb=2, queue=4, workers=2))) as test_client:
+        yield test_client
+
+
+def photo_bytes(name: str = PHOTO_NAMES[0]) -> bytes:
+    return require(PHOTOS / name).read_bytes()
+
+
+def post(client, *files, **params):
+    return client.post("/v1/predict", files=[("files", f) for f in files], params=params)
+
+
+def assert_still_serving(client):
+    response = post(client, ("ok.jpg", photo_bytes(), "image/jpeg"))
+    assert response.status_code == 200 and response.json()[0]["faces"]
+
+
+def test_health_model_page_and_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/v1/model").json()
+    assert info["class_names"] == FER_CLASSES and info["image_size"] == 48 and info["color_mode"] == "grayscale"
+    assert info["model_file"] == "emorec-fer2013.onnx" and info["emorec_version"]
+    assert info["model_card"]["single pass"].startswith("accuracy 68.96%")
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text and "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_predict_answers_like_the_cli(client, capsys):
+    names = PHOTO_NAMES[:2]
+    response = post(client, *[(name, photo_bytes(name), "image/jpeg") for name in names])
+    assert response.status_code == 200
+    api = response.json()
+    assert [r["source"] for r in api] == names
+    assert main(["predict", *[str(PHOTOS / name) for name in names], "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    for from_api, from_cli in zip(api, cli):
+        assert set(from_api) == set(from_cli)
+        assert from_api["faces"] == from_cli["faces"]
+
+
+def test_query_options(client):
+    crop = sorted(require(PHOTOS.parent / "fer2013" / "val" / "happy").glob("*.jpg"))[0].read_bytes()
+    [whole] = post(client, ("crop.jpg", crop, "image/jpeg"), detect="false").json()
+    assert whole["faces"][0]["box"] is None
+    [plain] = post(client, ("a.jpg", photo_bytes(), "image/jpeg")).json()
+    [flip] = post(client, ("a.jpg", photo_bytes(), "image/jpeg"), tta="flip").json()
+    assert plain["faces"][0]["box"] == flip["faces"][0]["box"]
+    assert plain["faces"][0]["probabilities"] != flip["faces"][0]["probabilities"]
+    assert post(client, ("a.jpg", photo_bytes(), "image/jpeg"), tta="crops").status_code == 422
+
+
+@pytest.mark.parametrize("name, payload, reason", [
+    ("notes.txt", b"just some text", "not a decodable image"),
+    ("empty.jpg", b"", "empty file"),
+    ("truncated.jpg", None, "truncated"),
+    ("bomb.png", None, "pixel"),
+])
+def test_bad_files_get_their_own_error_and_never_a_500(client, name, payload, reason):
+    if name == "truncated.jpg":
+        payload = photo_bytes()[:4000]
+    if name == "bomb.png":
+        payload = png_header_bomb()
+    mixed = post(client, (name, payload, "application/octet-stream"), ("good.jpg", photo_bytes(), "image/jpeg"))
+    assert mixed.status_code == 200
+    bad, good = mixed.json()
+    assert bad["source"] == name and reason in bad["error"] and bad["faces"] == []
+    assert "emorec-upload" not in bad["error"]  # the message names the upload, not a temporary file
+    assert good["error"] is None and good["faces"]
+    alone = post(client, (name, payload, "application/octet-stream"))
+    assert alone.status_code == 422 and alone.json()[0]["error"]
+    assert_still_serving(client)
+
+
+def test_oversized_uploads_get_413(client):
+    big = np.random.default_rng(0).integers(0, 256, (1200, 1200, 3), dtype=np.uint8)
+    payload = cv2.imencode(".png", big)[1].tobytes()
+    assert len(payload) > 2_000_000
+    assert post(client, ("big.png", payload, "image/png")).status_code == 413
+
+    def chunks():  # no Content-Length: the limit is applied while the body streams in
+        body = io.BytesIO(b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"b.png\"\r\n\r\n"
+                          + payload + b"\r\n--x--\r\n")
+        while block := body.read(65536):
+            yield block
+
+    streamed = client.post("/v1/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert streamed.status_code == 413
+    assert_still_serving(client)
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    app = create_app(ServeConfig(queue=1))
+    with TestClient(app) as busy_client:
+        admission = _admission(app)
+        assert admission.enter()  # one request is already in
+        response = post(busy_client, ("a.jpg", photo_bytes(), "image/jpeg"))
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        admission.leave()
+        assert_still_serving(busy_client)
+
+
+def _admission(app):
+    route = next(r for r in app.routes if getattr(r, "path", "") == "/v1/predict")
+    return next(cell.cell_contents for cell in route.endpoint.__closure__ if type(cell.cell_contents).__name__ == "Admission")
+
+
+def test_model_card_figures_read_the_results_table(tmp_path):
+    model = tmp_path / "m.onnx"
+    (tmp_path / "m.md").write_text("| | accuracy | macro-F1 |\n|---|---|---|\n| single pass | **70.1%** | 0.69 |\n")
+    assert model_card_figures(model) == {"single pass": "accuracy 70.1%, macro-F1 0.69"}
+    assert model_card_figures(tmp_path / "other.onnx") == {}
