@@ -177,7 +177,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _parse_yaml(text: str) -> Any:
-    import yaml
+    try:
+        import yaml
+    except ImportError:
+        raise ValueError("reading YAML needs PyYAML (pip install pyyaml); JSON needs nothing more") from None
 
     try:
         return yaml.safe_load(text)
