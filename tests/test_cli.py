@@ -237,17 +237,24 @@ def test_skipped_files_are_one_line_warnings(small_tree, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_train_writes_a_run(fer_binary, tmp_path, capsys):
-    argv = ["train", str(fer_binary["train"]), "--epochs", "1", "--batch-size", "16", "--val-split", "0.25",
+def test_train_writes_a_run(fer_binary, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(fer_binary["train"].parent)
+    argv = ["train", "train", "--epochs", "1", "--batch-size", "16", "--val-split", "0.25",
             "--project", str(tmp_path), "--name", "cli", "--patience", "0", "--no-augment"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     run = tmp_path / "cli"
     assert f"run folder: {run}" in out
+    assert f"emorec evaluate {run / 'weights' / 'best.keras'}" in out  # what to do next
     assert (run / "weights" / "best.keras").is_file() and (run / "eval.json").is_file()
     config = json.loads((run / "config.json").read_text())
     assert (config["epochs"], config["batch_size"], config["val_split"], config["augment"]) == (1, 16, 0.25, False)
-    assert config["data"] == str(fer_binary["train"])
+    assert config["data"] == str(fer_binary["train"])  # absolute, though given relative
+    # The saved config replays from anywhere: same values, the next free run folder.
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(run / "config.json")]) == 0
+    replay = json.loads((tmp_path / "cli-2" / "config.json").read_text())
+    assert {**replay, "name": "cli"} == config
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -329,6 +336,15 @@ def test_evaluate_json(seed_run, fer_small, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_a_failed_evaluation_leaves_no_report_folder(untrained_model_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "happy").mkdir(parents=True)
+    (tmp_path / "data" / "happy" / "bad.jpg").write_bytes(b"not an image")
+    assert main(["evaluate", str(untrained_model_path), "data"]) == 1
+    assert "no valid images" in capsys.readouterr().err
+    assert list((tmp_path / "runs" / "evaluate").iterdir()) == []
+
+
 def test_evaluate_missing_or_foreign_model_makes_no_report_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.keras").write_text("not a model")
@@ -404,6 +420,7 @@ def test_predict_without_sources_is_an_error(capsys):
     assert "at least one" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_default_output_is_a_new_run_folder(seed_run, fer_small, tmp_path, monkeypatch, capsys):
     """Without --out, reports go to runs/evaluate/<model stem>/, a fresh folder each time (never beside the model)."""
     monkeypatch.chdir(tmp_path)
@@ -423,7 +440,7 @@ def test_tta_flag_takes_an_optional_mode():
 
 
 def test_predict_takes_a_leading_model_file_as_the_model(untrained_model_path, capsys):
-    """`emorec predict MODEL IMAGE` (the foundation issue's form) uses MODEL, not the bundled model."""
+    """`emorec predict MODEL IMAGE` uses MODEL, not the bundled model."""
     image = str(sorted(require(FER / "val" / "happy").glob("*.jpg"))[0])
     assert main(["predict", str(untrained_model_path), image, "--no-detect", "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)

@@ -40,7 +40,7 @@ def uninterrupted(tiny, tmp_path_factory) -> Path:
 
 
 def _files(run: Path) -> list[str]:
-    """The run folder's files; TensorBoard's event files (one per session, named by time) by folder only."""
+    """The run folder's files; TensorBoard's event files (one per process, named by time) by folder only."""
     return sorted({str(p.parent.relative_to(run)) + "/events" if p.name.startswith("events.") else str(p.relative_to(run))
                    for p in run.rglob("*") if p.is_file()})
 

@@ -81,7 +81,7 @@ class RunState:
 
     epoch: int = 0  # completed epochs
     history: dict[str, list[float]] = field(default_factory=dict)
-    seconds: float = 0.0  # training time so far, over all sessions
+    seconds: float = 0.0  # training time so far, over every start and resume
     stopped: bool = False  # early stopping or the time limit ended the run
     weights: str = ""  # file in resume/ with the training weights and the optimizer state
     callbacks: dict[str, dict] = field(default_factory=dict)  # counters of early stopping and plateau
@@ -377,7 +377,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.run, self.state, self.others = run, state, others
         self.diverged_epoch = None
-        self.session_start = time.monotonic()
+        self.started = time.monotonic()
 
     def on_train_begin(self, logs=None):
         # Runs after the other callbacks' own on_train_begin, which reset their counters.
@@ -399,8 +399,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         for key, value in logs.items():
             state.history.setdefault(key, []).append(float(value))
         state.epoch = epoch + 1
-        state.seconds += time.monotonic() - self.session_start
-        self.session_start = time.monotonic()
+        state.seconds += time.monotonic() - self.started
+        self.started = time.monotonic()
         state.stopped = bool(self.model.stop_training)
         self.run.save_models(self.model, logs.get("val_accuracy", float("nan")), state)
         self.run.write_history(state.history)
@@ -487,7 +487,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
 
 def _run(cfg: TrainConfig, sources: TrainingSources, run_dir: Path, state: RunState, progress: bool,
          discard_on_failure: bool) -> RunResult:
-    _remove(list(run_dir.glob(data_lib.VIEW_PREFIX + "*")))  # left behind by a killed session
+    _remove(list(run_dir.glob(data_lib.VIEW_PREFIX + "*")))  # left behind by a killed process
     keras.utils.set_random_seed(cfg.seed + state.epoch)  # resumed epochs do not replay the first epochs' order
     try:
         data = load_training_data(cfg, sources, run_dir)
