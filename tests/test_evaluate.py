@@ -176,3 +176,8 @@ def test_evaluate_on_a_pack_of_another_image_size(untrained_model_path, fer_tree
     images, labels = load_eval_data(pack, list(SMALL_CLASSES), 48, 1, progress=False)
     assert images.shape == (12, 48, 48, 1)
     assert evaluate(untrained_model_path, pack, progress=False).images == 12
+
+
+def test_evaluate_shows_progress_while_predicting(untrained_model_path, fer_tree, capsys):
+    evaluate(untrained_model_path, fer_tree(per_class=3), progress=True)
+    assert "predicting" in capsys.readouterr().err
