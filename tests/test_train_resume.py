@@ -109,6 +109,8 @@ def test_resume_of_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
 def test_resume_takes_no_other_options(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--epochs", "3"]) == 2
     assert "--resume" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert "give the training DATA" in capsys.readouterr().err
 
 
 @pytest.mark.slow
