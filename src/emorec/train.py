@@ -38,7 +38,7 @@ import keras
 from emorec import data as data_lib
 from emorec.config import TrainConfig, read_config_file
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
-from emorec.files import atomic_write_text, new_run_dir, save_figure, write_json
+from emorec.files import atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
 from emorec.model import (ModelInfo, build_model, inference_copy, load_model, load_weights_from, model_path,
                           predict_probabilities, read_info, save_model, undo_class_weights)
 
@@ -532,10 +532,10 @@ class _Run:
             extra["class_weights_undone"] = self.undone
         info = ModelInfo(class_names=self.class_names, image_size=self.cfg.image_size, color_mode=self.cfg.color_mode,
                          arch=self.cfg.arch, extra=extra)
-        plain = _for_inference(model, self.cfg, self.undone)
-        save_model(plain, self.dir / "weights" / "last.keras", info, overwrite=True)
+        last = save_model(_for_inference(model, self.cfg, self.undone), self.dir / "weights" / "last.keras", info,
+                          overwrite=True)
         if improved or not self.best_path.is_file():
-            save_model(plain, self.best_path, info, overwrite=True)
+            atomic_write_bytes(self.best_path, last.read_bytes())  # the same model: a copy is cheaper than a save
 
     def write_history(self, history: dict[str, list[float]]) -> None:
         """history.json, results.csv and the loss and accuracy curves."""
