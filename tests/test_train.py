@@ -15,7 +15,7 @@ from emorec.config import train_config
 from emorec.data import ArrayData, DatasetError, load_arrays, save_pack, scan_dataset
 from emorec.evaluate import evaluate
 from emorec.model import FaceAugment, load_model, predict_probabilities, read_info
-from emorec.train import RESUME_DIR, _learning_rate, check_training_data, class_weights, make_optimizer, train
+from emorec.train import RESUME_DIR, RunEta, _duration, _learning_rate, check_training_data, class_weights, make_optimizer, train
 
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy"}
 
@@ -329,6 +329,16 @@ def test_a_cmyk_jpeg_trains_and_validates_as_evaluate_reads_it(tmp_path):
     assert result.report.images == counted
     # Training's tf.data pipeline saw the same pixels as evaluate's OpenCV reader, CMYK file included.
     assert evaluate(result.best_model, val_root, progress=False).confusion == result.report.confusion
+
+
+def test_the_eta_counts_the_epochs_left(capsys):
+    eta = RunEta(epochs=10)
+    eta.on_epoch_begin(0)
+    assert capsys.readouterr().out == ""  # nothing to go on before the first epoch ends
+    eta.on_epoch_begin(4)
+    out = capsys.readouterr().out
+    assert out.startswith("4/10 epochs done") and "left, done around" in out
+    assert (_duration(42), _duration(600), _duration(3 * 3600 + 5 * 60)) == ("42 s", "10 min", "3 h 05 min")
 
 
 # ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,19 @@ def test_an_interrupted_run_resumes_to_the_end_of_an_uninterrupted_one(tiny, uni
 def test_a_finished_run_has_nothing_to_resume(uninterrupted, capsys):
     assert main(["train", "--resume", str(uninterrupted)]) == 1
     assert "the run is complete" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_refuses_data_whose_classes_changed(uninterrupted, fer_tree, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    (run / "eval.json").unlink()  # as if killed before its final report
+    config = json.loads((run / "config.json").read_text())
+    config["data"] = str(fer_tree(classes=("happy", "surprise"), per_class=2))
+    config["val"] = None
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", str(run)]) == 1
+    assert "no longer the run's" in capsys.readouterr().err
 
 
 def test_resume_of_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):

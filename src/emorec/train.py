@@ -100,6 +100,11 @@ class TrainingSources:
     reports: list[data_lib.ScanReport]  # [train] or [train, val]
     arrays: tuple[data_lib.ArrayData, data_lib.ArrayData] | None = None  # (train, val) from packs
 
+    @property
+    def class_names(self) -> list[str]:
+        """The classes the model will learn, in label order."""
+        return self.arrays[0].class_names if self.arrays else self.reports[0].class_names
+
 
 @dataclass
 class TrainingData:
@@ -354,9 +359,9 @@ class RunEta(keras.callbacks.Callback):
 
 
 def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 1:
+    if seconds < 90:
         return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
@@ -482,6 +487,10 @@ def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
     values = read_config_file(run_dir / "config.json")
     cfg = train_config(values.pop("recipe", ""), **values)
     sources = check_training_data(cfg, progress)
+    last = run_dir / "weights" / "last.keras"
+    if last.is_file() and read_info(last).class_names != sources.class_names:
+        raise data_lib.DatasetError(f"{cfg.data}: classes {sources.class_names} are no longer the run's "
+                                    f"{read_info(last).class_names}; the run cannot go on with this data")
     return _run(cfg, sources, run_dir, RunState.load(run_dir), progress, discard_on_failure=False)
 
 
