@@ -45,13 +45,13 @@ def test_run_names_are_single_folder_names(tmp_path, name):
 
 def test_runs_started_at_the_same_moment_get_different_folders(tmp_path):
     """Processes that ask for runs/<same name> at the same instants each get folders of their own."""
-    start = time.time() + 2.0  # every process waits for this moment, then claims folders as fast as it can
+    start = time.time() + 1.0  # every process waits for this moment, then claims folders as fast as it can
     code = (f"import time, sys; sys.path.insert(0, {str(SRC)!r})\n"
             "from emorec.files import new_run_dir\n"
             f"time.sleep(max(0.0, {start} - time.time()))\n"
-            f"for _ in range(150): print(new_run_dir({str(tmp_path / 'runs')!r}, 'seed'))\n")
+            f"for _ in range(60): print(new_run_dir({str(tmp_path / 'runs')!r}, 'seed'))\n")
     processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(4)]
     folders = [line for process in processes for line in process.communicate(timeout=60)[0].split()]
     assert all(process.returncode == 0 for process in processes)
-    assert len(folders) == 600
-    assert len(set(folders)) == 600, f"{600 - len(set(folders))} folders were handed to two runs"
+    assert len(folders) == 240
+    assert len(set(folders)) == 240, f"{240 - len(set(folders))} folders were handed to two runs"
