@@ -418,6 +418,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         tmp = folder / f".{name}.{os.getpid()}.tmp.weights.h5"
         try:
             self.model.save_weights(tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())  # on disk before state.json names it (power loss)
             os.replace(tmp, folder / name)
         finally:
             tmp.unlink(missing_ok=True)
