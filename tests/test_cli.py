@@ -40,8 +40,17 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert all(command in out for command in COMMANDS)
+    lines = capsys.readouterr().out.splitlines()
+    listed = [line.split()[0] for line in lines if line.startswith("    ") and not line[4].isspace()]
+    assert listed == list(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_its_own_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: emorec {command} ")
 
 
 def test_no_command_prints_help_and_returns_2(capsys):
@@ -198,6 +207,26 @@ def test_pack_writes_a_loadable_pack(fer_tree, tmp_path, capsys):
     assert "npz" in capsys.readouterr().err
 
 
+def test_pack_refuses_a_val_folder_with_other_classes(fer_tree, tmp_path, capsys):
+    train_root = fer_tree(classes=("angry", "happy", "surprise"), per_class=2, name="train")
+    val_root = fer_tree(classes=("happy", "surprise"), per_class=2, name="val")
+    out = tmp_path / "faces.npz"
+    assert main(["pack", str(train_root), str(out), "--val", str(val_root)]) == 1
+    err = capsys.readouterr().err
+    assert str(val_root) in err and "differ" in err
+    assert not out.exists()
+
+
+def test_pack_refuses_an_empty_val_folder(fer_tree, tmp_path, capsys):
+    train_root = fer_tree(classes=("happy", "surprise"), per_class=2, name="train")
+    for name in ("happy", "surprise"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+    (tmp_path / "val" / "happy" / "broken.jpg").write_bytes(b"not an image")
+    assert main(["pack", str(train_root), str(tmp_path / "faces.npz"), "--val", str(tmp_path / "val")]) == 1
+    assert "no valid images" in capsys.readouterr().err
+    assert not (tmp_path / "faces.npz").exists()
+
+
 def test_skipped_files_are_one_line_warnings(small_tree, tmp_path, capsys):
     assert main(["pack", str(small_tree), str(tmp_path / "faces.npz")]) == 0
     err = capsys.readouterr().err
@@ -208,22 +237,78 @@ def test_skipped_files_are_one_line_warnings(small_tree, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_train_writes_a_run(fer_binary, tmp_path, capsys):
-    argv = ["train", str(fer_binary["train"]), "--epochs", "1", "--batch-size", "16", "--val-split", "0.25",
+def test_train_writes_a_run(fer_binary, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(fer_binary["train"].parent)
+    argv = ["train", "train", "--epochs", "1", "--batch-size", "16", "--val-split", "0.25",
             "--project", str(tmp_path), "--name", "cli", "--patience", "0", "--no-augment"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     run = tmp_path / "cli"
     assert f"run folder: {run}" in out
+    assert f"emorec evaluate {run / 'weights' / 'best.keras'}" in out  # what to do next
     assert (run / "weights" / "best.keras").is_file() and (run / "eval.json").is_file()
     config = json.loads((run / "config.json").read_text())
     assert (config["epochs"], config["batch_size"], config["val_split"], config["augment"]) == (1, 16, 0.25, False)
-    assert config["data"] == str(fer_binary["train"])
+    assert config["data"] == str(fer_binary["train"])  # absolute, though given relative
+    # The saved config replays from anywhere: same values, the next free run folder.
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(run / "config.json")]) == 0
+    replay = json.loads((tmp_path / "cli-2" / "config.json").read_text())
+    assert {**replay, "name": "cli"} == config
 
 
-def test_train_config_error_is_reported(tmp_path, capsys):
-    assert main(["train", str(tmp_path), "--val-split", "0.99"]) == 1
-    assert "val_split" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, flag", [
+    (["--val-split", "0.99"], "--val-split"),
+    (["--epochs", "0"], "--epochs"),
+    (["--learning-rate", "100"], "--learning-rate"),
+    (["--name", "../../outside"], "--name"),
+    (["--name", "/tmp/elsewhere"], "--name"),
+    (["--optimizer", "rmsprop"], "--optimizer"),
+    (["--schedule", "step"], "--schedule"),
+    (["--class-weight", "inverse"], "--class-weight"),
+    (["--color-mode", "cmyk"], "--color-mode"),
+])
+def test_bad_train_values_exit_2_naming_the_flag(tmp_path, capsys, argv, flag):
+    try:
+        code = main(["train", str(tmp_path), "--project", str(tmp_path / "runs"), *argv])
+    except SystemExit as exit_info:  # argparse's own choice check
+        code = exit_info.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_help_lists_the_choices_of_enum_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for choices in ("{seed,vgg,resnet}", "{adam,adamw,sgd}", "{constant,cosine,plateau}", "{none,balanced}",
+                    "{grayscale,rgb}"):
+        assert choices in out
+
+
+def test_train_config_file_sits_between_the_recipe_and_the_flags(tmp_path):
+    from emorec.cli import _train_config, build_parser
+
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps({"epochs": 7, "batch_size": 32, "optimizer": "adamw", "recipe": "fer2013"}))
+    args = build_parser().parse_args(["train", "faces", "--config", str(config), "--batch-size", "8"])
+    cfg = _train_config(args, {"batch_size": args.batch_size})
+    assert (cfg.epochs, cfg.batch_size, cfg.optimizer) == (7, 8, "adamw")  # file < flags
+    assert cfg.schedule == "cosine" and cfg.recipe == "fer2013"  # recipe < file
+    assert cfg.learning_rate == 0.05 and cfg.data == "faces"
+
+
+def test_a_bad_value_in_a_config_file_names_the_file_and_exits_2(tmp_path, capsys):
+    config = tmp_path / "exp.yaml"
+    config.write_text("epochs: 3\noptimizer: rmsprop\n")
+    assert main(["train", str(tmp_path), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "rmsprop" in err
+    config.write_text("epoch_count: 3\n")
+    assert main(["train", str(tmp_path), "--config", str(config)]) == 2
+    assert "epoch_count" in capsys.readouterr().err
 
 
 def test_train_with_a_missing_weights_file_is_one_line(fer_binary, tmp_path, capsys):
@@ -249,6 +334,15 @@ def test_evaluate_json(seed_run, fer_small, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["evaluate", str(seed_run.best_model), str(fer_small["val"]), "--out", str(out_dir), "--exist-ok"]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_a_failed_evaluation_leaves_no_report_folder(untrained_model_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "happy").mkdir(parents=True)
+    (tmp_path / "data" / "happy" / "bad.jpg").write_bytes(b"not an image")
+    assert main(["evaluate", str(untrained_model_path), "data"]) == 1
+    assert "no valid images" in capsys.readouterr().err
+    assert list((tmp_path / "runs" / "evaluate").iterdir()) == []
 
 
 def test_evaluate_missing_or_foreign_model_makes_no_report_folder(tmp_path, monkeypatch, capsys):
@@ -326,6 +420,7 @@ def test_predict_without_sources_is_an_error(capsys):
     assert "at least one" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_default_output_is_a_new_run_folder(seed_run, fer_small, tmp_path, monkeypatch, capsys):
     """Without --out, reports go to runs/evaluate/<model stem>/, a fresh folder each time (never beside the model)."""
     monkeypatch.chdir(tmp_path)
@@ -345,7 +440,7 @@ def test_tta_flag_takes_an_optional_mode():
 
 
 def test_predict_takes_a_leading_model_file_as_the_model(untrained_model_path, capsys):
-    """`emorec predict MODEL IMAGE` (the foundation issue's form) uses MODEL, not the bundled model."""
+    """`emorec predict MODEL IMAGE` uses MODEL, not the bundled model."""
     image = str(sorted(require(FER / "val" / "happy").glob("*.jpg"))[0])
     assert main(["predict", str(untrained_model_path), image, "--no-detect", "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)

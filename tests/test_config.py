@@ -7,7 +7,7 @@ from dataclasses import fields
 
 import pytest
 
-from emorec.config import RECIPES, ConfigError, PredictConfig, TrainConfig, train_config
+from emorec.config import RECIPES, ConfigError, PredictConfig, TrainConfig, read_config_file, train_config
 
 
 def test_defaults_without_recipe():
@@ -123,3 +123,50 @@ def test_list_defaults_are_not_shared():
     first, second = PredictConfig(), PredictConfig()
     first.sources.append("x.jpg")
     assert second.sources == []
+
+
+def test_saved_paths_are_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = train_config(data="faces", val="held_out", weights="start.keras", project="runs").with_absolute_paths()
+    assert (cfg.data, cfg.val, cfg.weights, cfg.project) == tuple(str(tmp_path / p) for p in
+                                                                  ("faces", "held_out", "start.keras", "runs"))
+    assert train_config(data="faces", weights="bundled").with_absolute_paths().weights == "bundled"
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", ".."])
+def test_run_names_are_single_folder_names(name):
+    with pytest.raises(ConfigError, match="single folder name") as caught:
+        train_config(name=name)
+    assert caught.value.key == "name"
+
+
+def test_errors_name_their_key():
+    with pytest.raises(ConfigError) as caught:
+        train_config(optimizer="rmsprop")
+    assert caught.value.key == "optimizer" and "rmsprop" in caught.value.problem
+
+
+def test_config_files_in_json_and_yaml(tmp_path):
+    (tmp_path / "a.json").write_text('{"epochs": 5, "optimizer": "sgd"}')
+    (tmp_path / "a.yaml").write_text("epochs: 5\noptimizer: sgd\n")
+    assert read_config_file(tmp_path / "a.json") == read_config_file(tmp_path / "a.yaml") == {"epochs": 5,
+                                                                                             "optimizer": "sgd"}
+
+
+@pytest.mark.parametrize("name, text, message", [("x.json", "{not json", "not valid JSON"),
+                                                  ("x.yaml", "epochs: [5", "not valid YAML"),
+                                                  ("x.json", "[1, 2]", "mapping"),
+                                                  ("missing.json", None, "missing.json")])
+def test_bad_config_files_are_named(tmp_path, name, text, message):
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        read_config_file(tmp_path / name)
+    assert str(tmp_path / name) in str(caught.value)
+
+
+def test_a_run_config_rebuilds_the_same_config(tmp_path):
+    cfg = train_config("fer2013", data="faces", epochs=7).with_absolute_paths()
+    cfg.save(tmp_path / "config.json")
+    values = read_config_file(tmp_path / "config.json")
+    assert train_config(values.pop("recipe"), **values) == cfg

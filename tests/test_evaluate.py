@@ -56,8 +56,19 @@ def test_metrics_for_a_class_never_predicted_or_absent():
     assert report.recall == [1.0, 0.0, 0.0]
     assert report.f1[0] == pytest.approx(2 * 0.5 * 1.0 / 1.5, abs=5e-5)
     assert report.support == [2, 2, 0]
-    assert report.macro_f1 == pytest.approx((2 / 3) / 3)
+    # Macro-F1 averages the classes present in the data: class 2 has no images, so no F1.
+    assert report.macro_f1 == pytest.approx((2 / 3 + 0.0) / 2)
     assert report.tta == "flip"
+
+
+def test_macro_f1_ignores_classes_absent_from_the_data():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    predicted = np.array([0, 0, 0, 1, 1, 0])
+    present_only = compute_metrics(labels, predicted, ["a", "b"])
+    with_absent = compute_metrics(labels, predicted, ["a", "b", "c", "d", "e"])
+    assert with_absent.macro_f1 == pytest.approx(present_only.macro_f1)
+    assert with_absent.macro_f1 == pytest.approx((2 * 3 / 7 + 2 * 2 / 5) / 2)
+    assert with_absent.f1[2:] == [0.0, 0.0, 0.0]
 
 
 def test_perfect_predictions():
@@ -150,6 +161,13 @@ def test_evaluate_on_a_pack_matches_the_folder(untrained_model_path, fer_tree, t
     assert from_pack.confusion == from_folder.confusion
 
 
+def test_evaluate_never_scores_a_packs_training_split(untrained_model_path, fer_tree, tmp_path):
+    data = load_arrays(scan_dataset(fer_tree(per_class=3), progress=False), 48, 1, progress=False)
+    pack = save_pack(tmp_path / "train_only.npz", {"train": data})
+    with pytest.raises(DatasetError, match="no 'test' or 'val' split"):
+        evaluate(untrained_model_path, pack, progress=False)
+
+
 def test_evaluate_on_a_pack_of_another_image_size(untrained_model_path, fer_tree, tmp_path):
     """A pack made with --image-size 64 is resized to the model's 48 px, as training from a pack does."""
     root = fer_tree(per_class=4)
@@ -158,3 +176,8 @@ def test_evaluate_on_a_pack_of_another_image_size(untrained_model_path, fer_tree
     images, labels = load_eval_data(pack, list(SMALL_CLASSES), 48, 1, progress=False)
     assert images.shape == (12, 48, 48, 1)
     assert evaluate(untrained_model_path, pack, progress=False).images == 12
+
+
+def test_evaluate_shows_progress_while_predicting(untrained_model_path, fer_tree, capsys):
+    evaluate(untrained_model_path, fer_tree(per_class=3), progress=True)
+    assert "predicting" in capsys.readouterr().err

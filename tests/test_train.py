@@ -12,10 +12,10 @@ import pytest
 from conftest import SMALL_CLASSES, copy_fer_subset
 
 from emorec.config import train_config
-from emorec.data import DatasetError, load_arrays, save_pack, scan_dataset
+from emorec.data import ArrayData, DatasetError, load_arrays, save_pack, scan_dataset
 from emorec.evaluate import evaluate
 from emorec.model import FaceAugment, load_model, predict_probabilities, read_info
-from emorec.train import _learning_rate, class_weights, make_optimizer, train
+from emorec.train import RESUME_DIR, RunEta, _duration, _learning_rate, check_training_data, class_weights, make_optimizer, train
 
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy"}
 
@@ -236,6 +236,7 @@ def test_balanced_class_weights_are_undone_in_the_saved_model(fer_tree, tmp_path
                                                           progress=False).best_model).extra
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_saved_weights(seed_run, fer_small, tmp_path):
     cfg = _tiny(fer_small["train"], tmp_path, val=str(fer_small["val"]), weights=str(seed_run.best_model),
                 learning_rate=1e-7)
@@ -248,6 +249,7 @@ def test_fine_tuning_starts_from_the_saved_weights(seed_run, fer_small, tmp_path
     assert result.report.accuracy == seed_run.report.accuracy
 
 
+@pytest.mark.slow
 def test_ema_validates_and_saves_the_averaged_weights(seed_run, fer_small, tmp_path):
     common = dict(val=str(fer_small["val"]), weights=str(seed_run.best_model), optimizer="sgd", learning_rate=0.05,
                   epochs=2)
@@ -269,6 +271,7 @@ def test_ema_validates_and_saves_the_averaged_weights(seed_run, fer_small, tmp_p
     assert averaged.report.accuracy == pytest.approx(averaged.history["val_accuracy"][best_epoch - 1], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_fine_tuning_for_other_classes_warns_and_keeps_the_backbone(seed_run, fer_binary, tmp_path):
     cfg = _tiny(fer_binary["train"], tmp_path, val=str(fer_binary["val"]), weights=str(seed_run.best_model))
     with pytest.warns(UserWarning, match="classifier starts afresh"):
@@ -289,36 +292,91 @@ def test_validation_classes_must_match(fer_tree, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_failed_data_check_leaves_no_temporary_link_tree(fer_tree, tmp_path, monkeypatch):
-    train_root = fer_tree(classes=("happy", "surprise"), per_class=4, name="train")
-    val_root = fer_tree(classes=("happy", "angry"), per_class=2, name="val")
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where clean_view makes its link trees
-    with pytest.raises(DatasetError, match="differ"):
-        train(_tiny(train_root, tmp_path / "runs", val=str(val_root)), progress=False)
-    assert list(scratch.iterdir()) == []
+def test_a_run_that_fails_before_its_first_epoch_leaves_nothing_behind(untrained_model_path, fer_tree, tmp_path):
+    # The start model is a seed CNN and the run a VGG: the failure comes after the run folder and
+    # the data view were made, when the weights are loaded.
+    root = fer_tree(per_class=4)
+    cfg = _tiny(root, tmp_path / "runs", val_split=0.5, arch="vgg", weights=str(untrained_model_path))
+    with pytest.raises(ValueError, match="untrained.keras"):
+        train(cfg, progress=False)
+    assert list((tmp_path / "runs").iterdir()) == []
+    assert sorted(p.name for p in root.iterdir()) == list(SMALL_CLASSES)  # the data is untouched
 
 
+@pytest.mark.slow
 def test_no_temporary_link_trees_left_after_training(fer_tree, tmp_path, monkeypatch):
     root = fer_tree(classes=("happy", "surprise"), per_class=6)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    train(_tiny(root, tmp_path / "runs", val_split=0.5, batch_size=4), progress=False)
-    assert [p for p in scratch.iterdir() if p.name.startswith("emorec-clean-")] == []
+    result = train(_tiny(root, tmp_path / "runs", val_split=0.5, batch_size=4), progress=False)
+    assert list(scratch.iterdir()) == []
+    assert not list(result.run_dir.glob("emorec-clean-*"))  # the view lived in the run folder while it ran
+    assert not (result.run_dir / RESUME_DIR).exists()  # a complete run leaves nothing to resume
 
 
 @pytest.mark.slow
-def test_a_cmyk_jpeg_that_passes_check_does_not_break_training(tmp_path):
+def test_a_cmyk_jpeg_trains_and_validates_as_evaluate_reads_it(tmp_path):
     from PIL import Image
 
-    root = copy_fer_subset(tmp_path / "data", "train", ("happy", "surprise"), 12)
-    Image.fromarray(cv2.imread(str(next((root / "happy").glob("*.jpg")))), "RGB").convert("CMYK").save(
-        root / "happy" / "cmyk.jpg")
-    report = scan_dataset(root, progress=False)
-    if report.invalid:  # flagged by check: then training must skip it with a warning
-        with pytest.warns(UserWarning, match="cmyk.jpg"):
-            train(_tiny(root, tmp_path / "runs", val_split=0.25, batch_size=4), progress=False)
-    else:
-        train(_tiny(root, tmp_path / "runs", val_split=0.25, batch_size=4), progress=False)
+    train_root = copy_fer_subset(tmp_path / "train", "train", ("happy", "surprise"), 12)
+    val_root = copy_fer_subset(tmp_path / "val", "val", ("happy", "surprise"), 3)
+    for root in (train_root, val_root):
+        face = cv2.imread(str(next((root / "happy").glob("*.jpg"))))
+        Image.fromarray(face, "RGB").convert("CMYK").save(root / "happy" / "cmyk.jpg")
+    counted = scan_dataset(val_root, progress=False).total  # 7 if check accepts the CMYK file, 6 if it skips it
+    result = train(_tiny(train_root, tmp_path / "runs", val=str(val_root), batch_size=4), progress=False)
+    assert result.report.images == counted
+    # Training's tf.data pipeline saw the same pixels as evaluate's OpenCV reader, CMYK file included.
+    assert evaluate(result.best_model, val_root, progress=False).confusion == result.report.confusion
+
+
+def test_the_eta_counts_the_epochs_left(capsys):
+    eta = RunEta(epochs=10)
+    eta.on_epoch_begin(0)
+    assert capsys.readouterr().out == ""  # nothing to go on before the first epoch ends
+    eta.on_epoch_begin(4)
+    out = capsys.readouterr().out
+    assert out.startswith("4/10 epochs done") and "left, done around" in out
+    assert (_duration(42), _duration(600), _duration(3 * 3600 + 5 * 60)) == ("42 s", "10 min", "3 h 05 min")
+
+
+# ----------------------------------------------------------------------------
+# Checks before training (fast: they fail or warn before any model is built)
+# ----------------------------------------------------------------------------
+
+
+def test_val_that_is_the_training_folder_warns(fer_tree, tmp_path):
+    root = fer_tree(classes=("happy", "surprise"), per_class=3)
+    with pytest.warns(UserWarning, match="validation folder is the training folder"):
+        check_training_data(_tiny(root, tmp_path, val=str(root)), progress=False)
+
+
+def test_val_sharing_files_with_training_warns(fer_tree, tmp_path):
+    train_root = fer_tree(classes=("happy", "surprise"), per_class=4, name="train")
+    val_root = fer_tree(classes=("happy", "surprise"), per_class=2, name="val")
+    shared = next((train_root / "happy").iterdir())
+    (val_root / "happy" / "linked.jpg").symlink_to(shared)
+    (val_root / "surprise" / "hard.jpg").hardlink_to(next((train_root / "surprise").iterdir()))
+    with pytest.warns(UserWarning, match="2 validation image"):
+        check_training_data(_tiny(train_root, tmp_path, val=str(val_root)), progress=False)
+
+
+def test_a_pack_with_an_empty_val_split_is_refused(fer_tree, tmp_path):
+    data = load_arrays(scan_dataset(fer_tree(per_class=3), progress=False), 48, 1, progress=False)
+    empty = ArrayData(data.images[:0], data.labels[:0], data.class_names)
+    pack = tmp_path / "faces.npz"
+    np.savez(pack, class_names=np.array(data.class_names), train_images=data.images, train_labels=data.labels,
+             val_images=empty.images, val_labels=empty.labels)  # as an older emorec could write it
+    with pytest.raises(DatasetError, match="'val' split.*no valid images"):
+        train(_tiny(pack, tmp_path / "runs"), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_save_pack_refuses_splits_with_other_classes(fer_tree, tmp_path):
+    train_data = load_arrays(scan_dataset(fer_tree(per_class=2, name="a"), progress=False), 48, 1, progress=False)
+    val_data = load_arrays(scan_dataset(fer_tree(classes=("happy", "surprise"), per_class=2, name="b"),
+                                        progress=False), 48, 1, progress=False)
+    with pytest.raises(DatasetError, match="differ"):
+        save_pack(tmp_path / "faces.npz", {"train": train_data, "val": val_data})
+    assert not (tmp_path / "faces.npz").exists()

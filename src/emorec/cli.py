@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
+import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 from emorec import __version__
-from emorec.config import ARCHITECTURES, RECIPES, TTA_MODES, ConfigError, PredictConfig, ServeConfig, TrainConfig
+from emorec.config import CHOICES, RECIPES, TTA_MODES, ConfigError, PredictConfig, ServeConfig, TrainConfig
 from emorec.extras import MissingExtra, missing_message
 
 
@@ -32,15 +33,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(args.command)
             return args.handler(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, MissingExtra) as error:
+    except ConfigError as error:  # a bad option value is a usage error: exit 2, naming the option
+        where = f"argument --{error.key.replace('_', '-')}: {error.problem}" if error.key else str(error)
+        print(f"emorec {args.command}: error: {where}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, FileExistsError, MissingExtra) as error:
         print(f"emorec {args.command}: error: {error}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as error:  # an optional dependency of this command is not installed
         print(f"emorec {args.command}: error: {missing_message(error.name or 'a module', 'this command')}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(stop, _Terminated) else 130
 
 
 def _one_line_warnings(command: str):
@@ -157,13 +162,15 @@ def _pack(args) -> int:
     if Path(args.out).exists():
         raise FileExistsError(f"{args.out}: already exists")
     channels = 1 if args.color_mode == "grayscale" else 3
+    folders = {split: folder for split, folder in (("train", args.train), ("val", args.val)) if folder}
+    reports = {split: data.scan_dataset(folder) for split, folder in folders.items()}
+    for report in reports.values():
+        data.warn_invalid(report)
+    data.check_splits(reports, folders)  # before the long decoding: same classes, no empty split
     splits = {}
-    for split, folder in (("train", args.train), ("val", args.val)):
-        if folder:
-            report = data.scan_dataset(folder)
-            data.warn_invalid(report)
-            splits[split] = data.load_arrays(report, args.image_size, channels)
-            print(f"{split}: {len(splits[split])} images from {folder}")
+    for split, report in reports.items():
+        splits[split] = data.load_arrays(report, args.image_size, channels)
+        print(f"{split}: {len(splits[split])} images from {folders[split]}")
     path = data.save_pack(args.out, splits)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
@@ -178,8 +185,12 @@ _TRAIN_FLAGS_SKIPPED = {"data", "recipe"}
 
 def _add_train(commands) -> None:
     cmd = commands.add_parser("train", help="train a model and write a run folder (runs/<name>/)")
-    cmd.add_argument("data", help="class folders (or a .npz pack from `emorec pack`)")
+    cmd.add_argument("data", nargs="?", help="class folders (or a .npz pack from `emorec pack`)")
     cmd.add_argument("--recipe", choices=sorted(RECIPES), default="", help="start from a named recipe (fer2013: the bundled model's)")
+    cmd.add_argument("--config", metavar="FILE", help="read options from a JSON or YAML file, e.g. a run's config.json "
+                     "(precedence: defaults < recipe < file < flags)")
+    cmd.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch, "
+                     "with its saved configuration")
     for item in dataclasses.fields(TrainConfig):
         if item.name not in _TRAIN_FLAGS_SKIPPED:
             _add_field_flag(cmd, item)
@@ -193,22 +204,66 @@ def _add_field_flag(cmd, item: dataclasses.Field) -> None:
         cmd.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         return
     kind = {"int": int, "float": float}.get(str(item.type), str)
-    choices = ARCHITECTURES if item.name == "arch" else None
-    cmd.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS, help=help_text)
+    cmd.add_argument(flag, type=kind, choices=CHOICES.get(item.name), default=argparse.SUPPRESS, help=help_text)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def _train(args) -> int:
-    from emorec.config import train_config
+    from emorec import train
 
-    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k != "recipe"}
-    cfg = train_config(args.recipe, **overrides)
-    from emorec.train import train
-
-    result = train(cfg)
+    flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k not in _TRAIN_FLAGS_SKIPPED}
+    if args.resume and (args.data or args.config or args.recipe or flags):
+        raise ConfigError("--resume continues a run with its saved configuration; give no data or other options")
+    if not (args.resume or args.data or args.config):
+        raise ConfigError("give the training DATA (or --config FILE, or --resume RUN_DIR)")
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)  # a scheduler's stop saves like Ctrl-C
+    try:
+        result = train.resume(args.resume) if args.resume else train.train(_train_config(args, flags))
+    except train.RunInterrupted as stop:
+        _print_interrupted(stop)
+        return 143 if isinstance(stop.__cause__, _Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"\nrun folder: {result.run_dir}")
     print(f"best model: {result.best_model}  (best val accuracy {result.best_val_accuracy:.4f}, {result.seconds:.0f} s)")
     print(result.report.table())
+    val = result.config.val or "TEST_DATA"
+    print(f"\nnext:\n  emorec evaluate {result.best_model} {val} --tta\n"
+          f"  emorec predict --model {result.best_model} PHOTO_OR_FOLDER_OR_VIDEO")
     return 0
+
+
+def _train_config(args, flags: dict) -> TrainConfig:
+    """defaults < recipe < config file < flags."""
+    from emorec.config import read_config_file, train_config
+
+    values = read_config_file(args.config) if args.config else {}
+    recipe = args.recipe or values.pop("recipe", "")
+    values.pop("recipe", None)
+    if args.data:
+        flags["data"] = args.data
+    try:
+        return train_config(recipe, **{**values, **flags})
+    except ConfigError as error:
+        if args.config and error.key not in flags:
+            raise ConfigError(f"{args.config}: {error}") from None
+        raise
+
+
+def _print_interrupted(stop) -> None:
+    if stop.run_dir is None:
+        print("emorec train: interrupted before the first epoch ended; nothing was kept", file=sys.stderr)
+        return
+    print(f"emorec train: interrupted after {stop.epochs_done} completed epoch(s); best model so far: "
+          f"{stop.run_dir / 'weights' / 'best.keras'}", file=sys.stderr)
+    print(f"resume with: emorec train --resume {stop.run_dir}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------
@@ -234,14 +289,20 @@ def _add_tta_flag(cmd) -> None:
 
 def _evaluate(args) -> int:
     from emorec.evaluate import evaluate
-    from emorec.files import new_run_dir
+    from emorec.files import new_run_dir, to_json
     from emorec.runtime import model_path, read_info
 
     path = model_path(args.model)
     read_info(path)  # a missing or foreign file fails before the report folder is made
-    out = args.out or new_run_dir(Path("runs") / "evaluate", path.stem)
-    report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    made = None if args.out else new_run_dir(Path("runs") / "evaluate", path.stem)
+    out = args.out or made
+    try:
+        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok)
+    except BaseException:
+        if made is not None:  # a failed evaluation leaves no empty report folder
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    print(to_json(report.to_dict()) if args.json else report.table())
     if not args.json:
         print(f"report and confusion matrix written to {out}")
     return 0

@@ -2,12 +2,13 @@
 
 Every field has a default, a type and a one-line meaning. Values are checked
 when the object is built, so a typo fails at once with a clear message rather
-than an hour into training. Precedence: defaults < recipe < explicit values.
+than an hour into training. Precedence: defaults < recipe < config file < explicit values.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,12 @@ TTA_MODES = ("none", "flip", "multi")  # test-time augmentation: see emorec.mode
 
 
 class ConfigError(ValueError):
-    """A configuration value is unknown or out of range."""
+    """A configuration value is unknown or out of range; `key` names the field when there is one."""
+
+    def __init__(self, message: str, key: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.problem = problem or message
 
 
 def _field(default: Any, help: str) -> Any:
@@ -82,7 +88,10 @@ class TrainConfig:
         _check_range("time_limit", self.time_limit, 0.0, 1e6)
         _check_range("warmup_epochs", self.warmup_epochs, 0, 10_000)
         if self.val is None and self.val_split == 0.0:
-            raise ConfigError("val_split=0 needs a separate validation set (--val DIR)")
+            raise ConfigError("val_split=0 needs a separate validation set (--val DIR)", "val_split",
+                              "0 needs a separate validation set (--val DIR)")
+        if self.name:
+            _check_folder_name("name", self.name)
 
     @property
     def channels(self) -> int:
@@ -103,6 +112,13 @@ class TrainConfig:
         from emorec.files import write_json
 
         write_json(path, self.to_dict())
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """A copy whose data, val, weights and project paths are absolute, so the saved config replays anywhere."""
+        absolute = lambda path: str(Path(path).absolute()) if path else path  # noqa: E731
+        weights = self.weights if self.weights in ("", "bundled") else absolute(self.weights)
+        return dataclasses.replace(self, data=absolute(self.data), val=absolute(self.val), weights=weights,
+                                   project=absolute(self.project))
 
 
 # Recipes are named sets of TrainConfig values. `fer2013` is the recipe of the
@@ -126,6 +142,50 @@ RECIPES: dict[str, dict[str, Any]] = {
         "patience": 0,
     },
 }
+
+
+# The fields that take one of a fixed set of names (the CLI lists them in --help).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "arch": ARCHITECTURES,
+    "color_mode": COLOR_MODES,
+    "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES,
+    "class_weight": CLASS_WEIGHTS,
+}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The values of a JSON or YAML config file (a run's own config.json works), as a dict.
+
+    Raises ConfigError naming the file when it is missing, unreadable or not a mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
+    try:
+        values = _parse_yaml(text) if is_yaml else json.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"{path}: not valid {'YAML' if is_yaml else 'JSON'}: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys to values")
+    return values
+
+
+def _parse_yaml(text: str) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise ValueError("reading YAML needs PyYAML (pip install pyyaml); JSON needs nothing more") from None
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(str(error)) from None
 
 
 def train_config(recipe: str = "", **overrides: Any) -> TrainConfig:
@@ -193,9 +253,24 @@ def tta_mode(tta: bool | str | None) -> str:
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+        problem = f"{value!r} is not one of: {', '.join(choices)}"
+        raise ConfigError(f"{name}={problem}", name, problem)
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        problem = f"{value!r} is not a number"
+        raise ConfigError(f"{name}={problem}", name, problem)
     if not low <= value <= high:
-        raise ConfigError(f"{name}={value!r} is out of range [{low}, {high}]")
+        problem = f"{value!r} is out of range [{low}, {high}]"
+        raise ConfigError(f"{name}={problem}", name, problem)
+
+
+def _check_folder_name(name: str, value: str) -> None:
+    from emorec.files import check_folder_name
+
+    try:
+        check_folder_name(value)
+    except ValueError:
+        problem = f"{value!r} must be a single folder name (no '/', not '.' or '..')"
+        raise ConfigError(f"{name}={problem}", name, problem) from None

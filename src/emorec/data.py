@@ -25,6 +25,7 @@ from emorec.preprocess import to_bgr8, to_model_input
 # The formats keras.utils.image_dataset_from_directory decodes.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 MAX_PIXELS = 64_000_000  # larger images are refused, not decoded (decompression bombs)
+VIEW_PREFIX = "emorec-clean-"  # folder names of clean_view's temporary trees
 
 
 class ImageReadError(ValueError):
@@ -220,7 +221,7 @@ def delete_files(report: ScanReport) -> list[Path]:
     return [item.path for item in report.invalid]
 
 
-def clean_view(report: ScanReport) -> Path:
+def clean_view(report: ScanReport, parent: str | Path | None = None) -> Path:
     """A temporary class-folder tree of symbolic links to the valid files only.
 
     Keras' loader reads a whole folder and fails on the first bad file; this
@@ -228,9 +229,10 @@ def clean_view(report: ScanReport) -> Path:
     user's folder. JPEGs that TensorFlow's decoder would read differently
     from emorec's `read_image` (CMYK, which it refuses, and EXIF-rotated,
     which it leaves unrotated) are written into the view as converted PNGs.
-    The caller removes the returned folder when done.
+    The view is made inside `parent` (default: the system's temporary
+    folder); the caller removes the returned folder when done.
     """
-    view = Path(tempfile.mkdtemp(prefix="emorec-clean-"))
+    view = Path(tempfile.mkdtemp(prefix=VIEW_PREFIX, dir=parent))
     for class_name, paths in report.files.items():
         class_dir = view / class_name
         class_dir.mkdir()
@@ -300,9 +302,30 @@ def fit_arrays(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     return np.stack(converted) if converted else np.zeros((0, size, size, channels), np.uint8)
 
 
+def check_splits(splits: dict[str, ArrayData | ScanReport], sources: dict[str, str | Path] | None = None) -> None:
+    """Raise DatasetError unless every split is non-empty and all splits have the same class names.
+
+    Labels are indices into the class names, so splits with different classes would silently
+    mean different things by the same label. `sources` ({split: folder}) names the culprit.
+    """
+    sources = sources or {}
+    first = next(iter(splits))
+    for split, data in splits.items():
+        where = sources.get(split, f"the {split!r} split")
+        if (data.total if isinstance(data, ScanReport) else len(data)) == 0:
+            raise DatasetError(f"{where}: no valid images")
+        if data.class_names != splits[first].class_names:
+            raise DatasetError(f"{where}: classes {data.class_names} differ from {splits[first].class_names} "
+                               f"({sources.get(first, first)})")
+
+
 def save_pack(path: str | Path, splits: dict[str, ArrayData]) -> Path:
-    """Write splits ({"train": ..., "val": ...}) to one .npz file, xz-compressed if it ends in .xz."""
+    """Write splits ({"train": ..., "val": ...}) to one .npz file, xz-compressed if it ends in .xz.
+
+    Refuses (DatasetError) splits that are empty or differ in class names.
+    """
     path = Path(path)
+    check_splits(splits)
     arrays = {"class_names": np.array(next(iter(splits.values())).class_names)}
     for split, data in splits.items():
         arrays[f"{split}_images"] = data.images

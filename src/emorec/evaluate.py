@@ -15,6 +15,8 @@ from emorec.extras import missing_message
 from emorec.files import save_figure, write_json
 from emorec.runtime import Runtime, load_runtime, probabilities
 
+PREDICT_CHUNK = 512  # images per progress step while evaluating
+
 
 @dataclass
 class EvalReport:
@@ -48,7 +50,11 @@ class EvalReport:
 
 
 def compute_metrics(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], tta: str = "none") -> EvalReport:
-    """Metrics from integer true labels and predicted labels."""
+    """Metrics from integer true labels and predicted labels.
+
+    Macro-F1 averages the F1 of the classes present in the data (support > 0): a class the data
+    does not contain has no F1 to speak of, and counting it as 0 would understate the model.
+    """
     n = len(class_names)
     confusion = np.zeros((n, n), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
@@ -57,9 +63,10 @@ def compute_metrics(labels: np.ndarray, predicted: np.ndarray, class_names: list
     recall = _safe_divide(true_pos, confusion.sum(axis=1))
     f1 = _safe_divide(2 * precision * recall, precision + recall)
     accuracy = float(true_pos.sum() / max(len(labels), 1))
+    present = confusion.sum(axis=1) > 0
     return EvalReport(
         accuracy=accuracy,
-        macro_f1=float(f1.mean()),
+        macro_f1=float(f1[present].mean()) if present.any() else 0.0,
         class_names=list(class_names),
         precision=precision.round(4).tolist(),
         recall=recall.round(4).tolist(),
@@ -76,13 +83,17 @@ def _safe_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def load_eval_data(source: str | Path, class_names: list[str], image_size: int, channels: int, progress: bool = True):
-    """Images and labels of a class-folder tree (or a pack's "val"/"test" split), indexed by class_names.
+    """Images and labels of a class-folder tree (or a pack's "test" or else "val" split), indexed by class_names.
 
-    Raises DatasetError when a folder class is unknown to the model.
+    Raises DatasetError when a folder class is unknown to the model, or when a pack has only a training split
+    (scoring the data a model was trained on would report a figure that means nothing).
     """
     if data_lib.is_pack(source):
         splits = data_lib.load_pack(source)
-        arrays = splits.get("test") or splits.get("val") or next(iter(splits.values()))
+        held_out = [split for split in ("test", "val") if split in splits]
+        if not held_out:
+            raise data_lib.DatasetError(f"{source}: no 'test' or 'val' split to evaluate on (it has: {', '.join(splits)})")
+        arrays = splits[held_out[0]]
         arrays.images = data_lib.fit_arrays(arrays.images, image_size, channels)
     else:
         report = data_lib.scan_dataset(source, progress=progress)
@@ -101,7 +112,14 @@ def evaluate_model(runtime: Runtime, source: str | Path, tta: bool | str = False
     images, labels = load_eval_data(source, info.class_names, info.image_size, info.channels, progress)
     if len(labels) == 0:
         raise data_lib.DatasetError(f"{source}: no valid images to evaluate on")
-    probs = probabilities(runtime, images, tta=tta)
+    from tqdm import tqdm
+
+    parts = []
+    with tqdm(total=len(images), desc="predicting", unit="image", leave=False, disable=not progress) as bar:
+        for start in range(0, len(images), PREDICT_CHUNK):
+            parts.append(probabilities(runtime, images[start:start + PREDICT_CHUNK], tta=tta))
+            bar.update(len(parts[-1]))
+    probs = np.concatenate(parts)
     return compute_metrics(labels, probs.argmax(axis=1), info.class_names, tta_mode(tta))
 
 

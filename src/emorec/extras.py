@@ -18,6 +18,7 @@ EXTRA_OF = {
     "matplotlib": "train",
     "tf2onnx": "train",
     "onnx": "train",
+    "yaml": "train",
     "fastapi": "serve",
     "uvicorn": "serve",
     "multipart": "serve",

@@ -1,23 +1,34 @@
-"""Training: load the data, build and compile the model, fit, and write a run folder.
+"""Training: load the data, build and compile the model, fit, and write a run folder as the run goes.
 
 A run folder (`runs/<name>/`) holds:
-    weights/best.keras   best epoch on validation accuracy (with emorec metadata)
-    weights/last.keras   last epoch
-    config.json          the TrainConfig used
-    history.json         per-epoch loss, accuracy, val_loss, val_accuracy, lr
-    loss.png, accuracy.png   training curves
-    eval.json, confusion_matrix.png   the best model on the validation data
+    weights/best.keras   best epoch so far on validation accuracy (with emorec metadata), updated every epoch
+    weights/last.keras   the last completed epoch, updated every epoch
+    config.json          the TrainConfig used, with absolute paths (`emorec train --config` replays it)
+    history.json         per-epoch loss, accuracy, val_loss, val_accuracy, lr (updated every epoch)
+    results.csv          the same, as CSV
+    loss.png, accuracy.png   training curves (updated every epoch)
+    eval.json, confusion_matrix.png   the best model on the validation data (written at the end)
     tensorboard/         TensorBoard logs (when TensorFlow is installed)
+    resume/              while the run is unfinished: what `emorec train --resume` needs (the training
+                         weights with the optimizer state, so step count, schedule position and EMA,
+                         plus the history and the early-stopping and plateau counters)
+
+Every file is replaced atomically, so a run stopped at any moment (Ctrl-C, SIGTERM, kill -9, power loss)
+leaves the files of its last completed epoch, and `resume` continues from there.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
+import json
+import os
 import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +36,26 @@ import numpy as np
 import keras
 
 from emorec import data as data_lib
-from emorec.config import TrainConfig
+from emorec.config import TrainConfig, read_config_file
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
-from emorec.files import new_run_dir, save_figure, write_json
-from emorec.model import (ModelInfo, build_model, inference_copy, load_weights_from, model_path, predict_probabilities,
-                          read_info, save_model, undo_class_weights)
+from emorec.files import atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
+from emorec.model import (ModelInfo, build_model, inference_copy, load_model, load_weights_from, model_path,
+                          predict_probabilities, read_info, save_model, undo_class_weights)
+
+RESUME_DIR = "resume"
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the run folder keeps the last good epoch."""
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the run; run_dir (None if no epoch finished) keeps the completed epochs."""
+
+    def __init__(self, run_dir: Path | None, epochs_done: int):
+        super().__init__(f"interrupted after {epochs_done} epoch(s)")
+        self.run_dir = run_dir
+        self.epochs_done = epochs_done
 
 
 @dataclass
@@ -41,11 +67,43 @@ class RunResult:
     history: dict[str, list[float]]
     report: EvalReport
     seconds: float
+    config: TrainConfig
 
     @property
     def best_val_accuracy(self) -> float:
         """Best validation accuracy seen during training."""
-        return max(self.history.get("val_accuracy", [float("nan")]))
+        return max(self.history["val_accuracy"])
+
+
+@dataclass
+class RunState:
+    """Where a run stands after its last completed epoch (saved as resume/state.json)."""
+
+    epoch: int = 0  # completed epochs
+    history: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0  # training time so far, over every start and resume
+    stopped: bool = False  # early stopping or the time limit ended the run
+    weights: str = ""  # file in resume/ with the training weights and the optimizer state
+    callbacks: dict[str, dict] = field(default_factory=dict)  # counters of early stopping and plateau
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunState":
+        """The saved state of run_dir, or a fresh one when no epoch was completed."""
+        path = run_dir / RESUME_DIR / "state.json"
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+
+@dataclass
+class TrainingSources:
+    """Checked training inputs, before anything is written: scan reports of class folders, or pack arrays."""
+
+    reports: list[data_lib.ScanReport]  # [train] or [train, val]
+    arrays: tuple[data_lib.ArrayData, data_lib.ArrayData] | None = None  # (train, val) from packs
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes the model will learn, in label order."""
+        return self.arrays[0].class_names if self.arrays else self.reports[0].class_names
 
 
 @dataclass
@@ -66,43 +124,77 @@ class TrainingData:
 # ----------------------------------------------------------------------------
 
 
-def load_training_data(cfg: TrainConfig, progress: bool = True) -> TrainingData:
-    """Load cfg.data (and cfg.val) as datasets or arrays, skipping invalid files with a warning."""
+def check_training_data(cfg: TrainConfig, progress: bool = True) -> TrainingSources:
+    """Scan cfg.data (and cfg.val) or read the packs, raising DatasetError on what training cannot use.
+
+    Warns about skipped files and about validation data that is also training data. Writes nothing.
+    """
     if data_lib.is_pack(cfg.data):
-        return _from_pack(cfg)
-    return _from_folders(cfg, progress)
-
-
-def _from_folders(cfg: TrainConfig, progress: bool) -> TrainingData:
+        return TrainingSources([], _pack_arrays(cfg))
     reports = [data_lib.scan_dataset(cfg.data, progress=progress)]
     if cfg.val:
         reports.append(data_lib.scan_dataset(cfg.val, progress=progress))
         if reports[1].class_names != reports[0].class_names:
             raise data_lib.DatasetError(f"{cfg.val}: classes {reports[1].class_names} differ from {reports[0].class_names}")
+        _warn_overlap(reports[0], reports[1])
     _check_classes(reports[0], cfg.data)
     for report in reports:
         data_lib.warn_invalid(report)
-    # Checked before any link tree is made, so a bad dataset leaves nothing behind.
-    views = [data_lib.clean_view(report) for report in reports]
-    common = dict(
-        label_mode="binary" if len(reports[0].class_names) == 2 else "categorical",
-        color_mode=cfg.color_mode,
-        batch_size=cfg.batch_size,
-        image_size=(cfg.image_size, cfg.image_size),
-        seed=cfg.seed,
-        verbose=False,
-    )
-    if cfg.val:
-        train = keras.utils.image_dataset_from_directory(views[0], shuffle=True, **common)
-        val = keras.utils.image_dataset_from_directory(views[1], shuffle=False, **common)
-    else:
-        train, val = keras.utils.image_dataset_from_directory(
-            views[0], validation_split=cfg.val_split, subset="both", shuffle=True, **common
+    return TrainingSources(reports)
+
+
+def _warn_overlap(train: data_lib.ScanReport, val: data_lib.ScanReport) -> None:
+    """Warn when validation images are training images too (same folder, links or the same files)."""
+    if train.root.resolve() == val.root.resolve():
+        warnings.warn(f"{val.root}: the validation folder is the training folder; val accuracy will not "
+                      "measure generalisation", stacklevel=3)
+        return
+    identity = lambda path: (path.stat().st_dev, path.stat().st_ino)  # noqa: E731  (catches links too)
+    seen = {identity(path) for paths in train.files.values() for path in paths}
+    shared = sum(identity(path) in seen for paths in val.files.values() for path in paths)
+    if shared:
+        warnings.warn(f"{val.root}: {shared} validation image(s) are also training images", stacklevel=3)
+
+
+def load_training_data(cfg: TrainConfig, sources: TrainingSources, workdir: Path | None = None) -> TrainingData:
+    """Checked sources as datasets or arrays; class-folder data is read through a clean view made in workdir."""
+    if sources.arrays is not None:
+        return _from_arrays(cfg, *sources.arrays)
+    return _from_folders(cfg, sources.reports, workdir)
+
+
+def _from_folders(cfg: TrainConfig, reports: list[data_lib.ScanReport], workdir: Path | None) -> TrainingData:
+    views = []
+    try:
+        for report in reports:
+            views.append(data_lib.clean_view(report, parent=workdir))
+        common = dict(
+            label_mode="binary" if len(reports[0].class_names) == 2 else "categorical",
+            color_mode=cfg.color_mode,
+            batch_size=cfg.batch_size,
+            image_size=(cfg.image_size, cfg.image_size),
+            seed=cfg.seed,
+            verbose=False,
         )
+        if cfg.val:
+            train = keras.utils.image_dataset_from_directory(views[0], shuffle=True, **common)
+            val = keras.utils.image_dataset_from_directory(views[1], shuffle=False, **common)
+        else:
+            train, val = keras.utils.image_dataset_from_directory(
+                views[0], validation_split=cfg.val_split, subset="both", shuffle=True, **common
+            )
+    except BaseException:
+        _remove(views)
+        raise
     names = reports[0].class_names
     counts = [reports[0].counts[name] for name in names]
     steps = int(train.cardinality())
     return TrainingData(train.prefetch(2), val.prefetch(2), None, names, counts, steps, views)
+
+
+def _remove(folders: list[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_classes(report: data_lib.ScanReport, source) -> None:
@@ -112,17 +204,28 @@ def _check_classes(report: data_lib.ScanReport, source) -> None:
         raise data_lib.DatasetError(f"{source}: need at least two class folders, found {report.class_names}")
 
 
-def _from_pack(cfg: TrainConfig) -> TrainingData:
+def _pack_arrays(cfg: TrainConfig) -> tuple[data_lib.ArrayData, data_lib.ArrayData]:
     splits = data_lib.load_pack(cfg.data)
-    train = splits.get("train") or next(iter(splits.values()))
+    if "train" not in splits:
+        raise data_lib.DatasetError(f"{cfg.data}: no 'train' split (it has: {', '.join(splits)})")
+    train, sources = splits["train"], {"train": cfg.data}
     if cfg.val:
-        val = data_lib.load_pack(cfg.val).get("val") if data_lib.is_pack(cfg.val) else None
-        if val is None:
+        if not data_lib.is_pack(cfg.val) or "val" not in data_lib.load_pack(cfg.val):
             raise data_lib.DatasetError(f"{cfg.val}: a pack's training data needs a pack with a 'val' split as --val")
+        if Path(cfg.val).resolve() == Path(cfg.data).resolve():
+            warnings.warn(f"{cfg.val}: the validation pack is the training pack", stacklevel=3)
+        val, sources["val"] = data_lib.load_pack(cfg.val)["val"], cfg.val
     elif "val" in splits:
-        val = splits["val"]
+        val, sources["val"] = splits["val"], f"{cfg.data} (its 'val' split)"
     else:
         train, val = _split_arrays(train, cfg.val_split, cfg.seed)
+    data_lib.check_splits({"train": train, "val": val}, sources)
+    if len(train.class_names) < 2:
+        raise data_lib.DatasetError(f"{cfg.data}: need at least two classes, found {train.class_names}")
+    return train, val
+
+
+def _from_arrays(cfg: TrainConfig, train: data_lib.ArrayData, val: data_lib.ArrayData) -> TrainingData:
     train_images, val_images = (data_lib.fit_arrays(d.images, cfg.image_size, cfg.channels) for d in (train, val))
     num_classes = len(train.class_names)
     return TrainingData(
@@ -211,32 +314,6 @@ def class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
 # ----------------------------------------------------------------------------
 
 
-class BestWeights(keras.callbacks.Callback):
-    """Keeps the weights of the best (by val_accuracy) and of the last epoch, as validation saw them.
-
-    With EMA on, validation sees the averaged weights, so those are the ones kept.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.best = -np.inf
-        self.best_epoch = -1
-        self.weights = None
-        self.last_weights = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.last_weights = self.model.get_weights()
-        score = (logs or {}).get("val_accuracy", -np.inf)
-        if score > self.best:
-            self.best, self.best_epoch, self.weights = score, epoch, self.last_weights
-
-    def restore(self, model: keras.Model, last: bool = False) -> None:
-        """Put the best (or the last epoch's) weights into model, if any epoch finished."""
-        weights = self.last_weights if last else self.weights
-        if weights is not None:
-            model.set_weights(weights)
-
-
 class TimeLimit(keras.callbacks.Callback):
     """Stops training once `minutes` have passed (checked after every batch)."""
 
@@ -258,11 +335,114 @@ class LearningRateLog(keras.callbacks.Callback):
             logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-def make_callbacks(cfg: TrainConfig, run_dir: Path, best: BestWeights) -> list[keras.callbacks.Callback]:
-    """EMA swap, best-weights tracking, LR and CSV logs, optional early stop / plateau / time limit / TensorBoard."""
+class RunEta(keras.callbacks.Callback):
+    """Prints before each epoch how long the whole run will still take, and when it should end.
+
+    Printed at the start of the next epoch rather than at the end of one, so that it follows
+    Keras' per-epoch line instead of cutting into its progress bar.
+    """
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+        self.started = self.first_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.started is None:
+            self.started, self.first_epoch = time.monotonic(), epoch
+            return
+        per_epoch = (time.monotonic() - self.started) / (epoch - self.first_epoch)
+        left = per_epoch * (self.epochs - epoch)
+        finish = time.strftime("%H:%M", time.localtime(time.time() + left))
+        print(f"{epoch}/{self.epochs} epochs done, {per_epoch:.0f} s each: about {_duration(left)} left, "
+              f"done around {finish} (sooner if early stopping ends the run)", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After every epoch: the inference models, history, CSV and curves, then the state `resume` needs.
+
+    The same idea as keras.callbacks.BackupAndRestore, which keeps only the weights and the epoch number
+    in two files written one after the other; here the state file is replaced last and atomically, names
+    the weights file it goes with, and also holds the history and the early-stopping and plateau counters.
+    A run killed at any moment therefore resumes from a consistent last completed epoch.
+    Listed last, so it sees the epoch's logs and counters after every other callback has run.
+    """
+
+    COUNTED = (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau)
+    STATEFUL = ("wait", "best", "best_epoch", "cooldown_counter")  # their counters
+
+    def __init__(self, run: "_Run", state: RunState, others: list[keras.callbacks.Callback]):
+        super().__init__()
+        self.run, self.state, self.others = run, state, others
+        self.diverged_epoch = None
+        self.started = time.monotonic()
+
+    def on_train_begin(self, logs=None):
+        # Runs after the other callbacks' own on_train_begin, which reset their counters.
+        for callback in self.others:
+            for name, value in self.state.callbacks.get(type(callback).__name__, {}).items():
+                setattr(callback, name, value)
+            if isinstance(callback, keras.callbacks.SwapEMAWeights) and self.state.epoch:
+                # The state was saved after the epoch-end swap, so the model holds the averaged weights
+                # and the optimizer the raw ones: the next epoch must swap them back first.
+                callback._ema_weights_in_model = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if not all(np.isfinite(logs.get(key, 0.0)) for key in ("loss", "val_loss")):
+            self.diverged_epoch = epoch + 1  # this epoch is not kept, and the run stops here
+            self.model.stop_training = True
+            return
+        state = self.state
+        for key, value in logs.items():
+            state.history.setdefault(key, []).append(float(value))
+        state.epoch = epoch + 1
+        state.seconds += time.monotonic() - self.started
+        self.started = time.monotonic()
+        state.stopped = bool(self.model.stop_training)
+        self.run.save_models(self.model, logs.get("val_accuracy", float("nan")), state)
+        self.run.write_history(state.history)
+        self._save_state()
+
+    def _save_state(self):
+        folder = self.run.dir / RESUME_DIR
+        folder.mkdir(exist_ok=True)
+        name = f"epoch-{self.state.epoch:04d}.weights.h5"
+        tmp = folder / f".{name}.{os.getpid()}.tmp.weights.h5"
+        try:
+            self.model.save_weights(tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())  # on disk before state.json names it (power loss)
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.state.weights = name
+        self.state.callbacks = {type(cb).__name__: {k: _plain(getattr(cb, k)) for k in self.STATEFUL if hasattr(cb, k)}
+                                for cb in self.others if isinstance(cb, self.COUNTED)}
+        write_json(folder / "state.json", asdict(self.state))
+        for old in folder.glob("epoch-*.weights.h5"):
+            if old.name != name:
+                old.unlink()
+
+
+def _plain(value):
+    return None if value is None else (float(value) if isinstance(value, (float, np.floating)) else int(value))
+
+
+def make_callbacks(cfg: TrainConfig, run_dir: Path) -> list[keras.callbacks.Callback]:
+    """NaN stop, EMA swap, LR log, optional early stop / plateau / time limit / TensorBoard."""
+    callbacks = [keras.callbacks.TerminateOnNaN()]
     # With EMA the averaged weights go in before validation and stay in for the epoch-end callbacks.
-    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []
-    callbacks += [best, LearningRateLog(), keras.callbacks.CSVLogger(str(run_dir / "results.csv"))]
+    if cfg.ema:
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    callbacks.append(LearningRateLog())
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, mode="max"))
     if cfg.schedule == "plateau":
@@ -280,23 +460,109 @@ def make_callbacks(cfg: TrainConfig, run_dir: Path, best: BestWeights) -> list[k
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
-    """Train a model as cfg says and write a run folder; returns where and how well."""
+    """Train a model as cfg says and write a run folder; returns where and how well.
+
+    Raises RunInterrupted on Ctrl-C / SIGTERM (the completed epochs stay resumable) and
+    TrainingDiverged when the loss becomes NaN (the last good epoch is kept).
+    """
     if not cfg.data:
         raise data_lib.DatasetError("no training data given")
+    cfg = cfg.with_absolute_paths()
     if cfg.weights:
         read_info(model_path(cfg.weights))  # a missing or foreign file fails before the data loads
-    keras.utils.set_random_seed(cfg.seed)
-    data = load_training_data(cfg, progress)
+    sources = check_training_data(cfg, progress)
     run_dir = new_run_dir(cfg.project, cfg.run_name, cfg.exist_ok)
+    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # a reused folder's unfinished run starts over
     cfg.save(run_dir / "config.json")
+    return _run(cfg, sources, run_dir, RunState(), progress, discard_on_failure=not cfg.exist_ok)
+
+
+def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
+    """Continue the run in run_dir from its last completed epoch, with its saved configuration."""
+    from emorec.config import train_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
+    if not (run_dir / RESUME_DIR).is_dir() and (run_dir / "eval.json").is_file():
+        raise ValueError(f"{run_dir}: the run is complete; nothing to resume")
+    values = read_config_file(run_dir / "config.json")
+    cfg = train_config(values.pop("recipe", ""), **values)
+    sources = check_training_data(cfg, progress)
+    last = run_dir / "weights" / "last.keras"
+    if last.is_file() and read_info(last).class_names != sources.class_names:
+        raise data_lib.DatasetError(f"{cfg.data}: classes {sources.class_names} are no longer the run's "
+                                    f"{read_info(last).class_names}; the run cannot go on with this data")
+    return _run(cfg, sources, run_dir, RunState.load(run_dir), progress, discard_on_failure=False)
+
+
+def _run(cfg: TrainConfig, sources: TrainingSources, run_dir: Path, state: RunState, progress: bool,
+         discard_on_failure: bool) -> RunResult:
+    _remove(list(run_dir.glob(data_lib.VIEW_PREFIX + "*")))  # left behind by a killed process
+    keras.utils.set_random_seed(cfg.seed + state.epoch)  # resumed epochs do not replay the first epochs' order
     try:
-        return _fit_and_save(cfg, data, run_dir, progress)
-    finally:
-        for folder in data.cleanup:
-            shutil.rmtree(folder, ignore_errors=True)
+        data = load_training_data(cfg, sources, run_dir)
+        try:
+            return _fit_and_save(cfg, data, run_dir, state, progress)
+        finally:
+            _remove(data.cleanup)
+    except BaseException as error:
+        done = RunState.load(run_dir).epoch
+        if done == 0 and discard_on_failure:  # nothing worth keeping: leave no empty run folder
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(error, KeyboardInterrupt):
+            raise RunInterrupted(run_dir if run_dir.exists() else None, done) from error
+        raise
 
 
-def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress: bool) -> RunResult:
+class _Run:
+    """One run's folder, and what writing its models and history needs."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, class_names: list[str], undone: list[float] | None,
+                 resumed: bool):
+        self.cfg, self.dir, self.class_names, self.undone = cfg, run_dir, class_names, undone
+        self.best_score, self.best_epoch = -np.inf, 0
+        best = self.best_path
+        if resumed and best.is_file():  # the best model so far says how good it was
+            extra = read_info(best).extra
+            self.best_score, self.best_epoch = extra.get("val_accuracy", -np.inf), extra.get("best_epoch", 0)
+
+    @property
+    def best_path(self) -> Path:
+        """weights/best.keras of this run."""
+        return self.dir / "weights" / "best.keras"
+
+    def save_models(self, model: keras.Model, val_accuracy: float, state: RunState) -> None:
+        """Write weights/last.keras and, when val_accuracy is the best so far, weights/best.keras."""
+        improved = bool(val_accuracy > self.best_score)  # False for NaN
+        if improved:
+            self.best_score, self.best_epoch = float(val_accuracy), state.epoch
+        extra = {"best_epoch": self.best_epoch, "val_accuracy": self.best_score, "train_seconds": round(state.seconds, 1),
+                 "recipe": self.cfg.recipe}
+        if self.undone:
+            extra["class_weights_undone"] = self.undone
+        info = ModelInfo(class_names=self.class_names, image_size=self.cfg.image_size, color_mode=self.cfg.color_mode,
+                         arch=self.cfg.arch, extra=extra)
+        last = save_model(_for_inference(model, self.cfg, self.undone), self.dir / "weights" / "last.keras", info,
+                          overwrite=True)
+        if improved or not self.best_path.is_file():
+            atomic_write_bytes(self.best_path, last.read_bytes())  # the same model: a copy is cheaper than a save
+
+    def write_history(self, history: dict[str, list[float]]) -> None:
+        """history.json, results.csv and the loss and accuracy curves."""
+        write_json(self.dir / "history.json", history)
+        keys = sorted(history)
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["epoch", *keys])
+        for index in range(len(history.get("loss", []))):
+            writer.writerow([index + 1, *(history[key][index] for key in keys)])
+        atomic_write_text(self.dir / "results.csv", table.getvalue())
+        for metric in ("loss", "accuracy"):
+            save_figure(plot_history(history, metric), self.dir / f"{metric}.png")
+
+
+def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, state: RunState, progress: bool) -> RunResult:
     num_classes = len(data.class_names)
     keras.config.set_dtype_policy("mixed_bfloat16" if cfg.mixed_precision else "float32")
     try:  # layers keep the policy they were built with; the global one goes back at once
@@ -304,36 +570,41 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress:
                             augment=cfg.augment, dropout=cfg.dropout, seed=cfg.seed)
     finally:
         keras.config.set_dtype_policy("float32")
-    if cfg.weights and not load_weights_from(model, cfg.weights, data.class_names):
+    if cfg.weights and not state.epoch and not load_weights_from(model, cfg.weights, data.class_names):
         warnings.warn(f"{cfg.weights}: other classes than {data.class_names}; the classifier starts afresh", stacklevel=2)
     model.compile(optimizer=make_optimizer(cfg, data.steps_per_epoch), loss=make_loss(cfg, num_classes),
                   metrics=["accuracy"])
-    best = BestWeights()
-    started = time.monotonic()
+    if state.epoch:
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(run_dir / RESUME_DIR / state.weights)  # weights, step, schedule position, EMA
     weights = class_weights(data.class_counts, cfg.class_weight)
-    fit_args = dict(epochs=cfg.epochs, class_weight=weights,
-                    callbacks=make_callbacks(cfg, run_dir, best), verbose=1 if progress and sys.stdout.isatty() else 2)
-    if isinstance(data.train, tuple):
-        images, targets = data.train
-        history = model.fit(images, targets, batch_size=cfg.batch_size, shuffle=True,
-                            validation_data=data.val, validation_batch_size=512, **fit_args)
-    else:
-        history = model.fit(data.train, validation_data=data.val, shuffle=False, **fit_args)  # reshuffled by tf.data
-    seconds = time.monotonic() - started
-    info = ModelInfo(class_names=data.class_names, image_size=cfg.image_size, color_mode=cfg.color_mode, arch=cfg.arch,
-                     extra={"best_epoch": best.best_epoch + 1, "train_seconds": round(seconds, 1), "recipe": cfg.recipe})
     undone = list(weights.values()) if weights else None  # in class order
-    if undone:
-        info.extra["class_weights_undone"] = undone
-    best.restore(model, last=True)
-    save_model(_for_inference(model, cfg, undone), run_dir / "weights" / "last.keras", info, overwrite=True)
-    best.restore(model)
-    model = _for_inference(model, cfg, undone)
-    best_path = save_model(model, run_dir / "weights" / "best.keras", info, overwrite=True)
-    hist = {key: [float(v) for v in values] for key, values in history.history.items()}
-    report = _final_report(model, data, run_dir)
-    _write_history(hist, run_dir)
-    return RunResult(run_dir, best_path, hist, report, seconds)
+    run = _Run(cfg, run_dir, data.class_names, undone, resumed=state.epoch > 0)
+    callbacks = make_callbacks(cfg, run_dir)
+    checkpoint = RunCheckpoint(run, state, list(callbacks))
+    callbacks += [checkpoint] + ([RunEta(cfg.epochs)] if progress else [])
+    if state.epoch < cfg.epochs and not state.stopped:
+        fit_args = dict(epochs=cfg.epochs, initial_epoch=state.epoch, class_weight=weights, callbacks=callbacks,
+                        verbose=(1 if sys.stdout.isatty() else 2) if progress else 0)
+        if isinstance(data.train, tuple):
+            images, targets = data.train
+            model.fit(images, targets, batch_size=cfg.batch_size, shuffle=True,
+                      validation_data=data.val, validation_batch_size=512, **fit_args)
+        else:
+            model.fit(data.train, validation_data=data.val, shuffle=False, **fit_args)  # reshuffled by tf.data
+    if checkpoint.diverged_epoch:
+        raise TrainingDiverged(_diverged_message(run_dir, checkpoint.diverged_epoch))
+    best, _ = load_model(run.best_path)
+    report = _final_report(best, data, run_dir)
+    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # complete: nothing left to resume
+    return RunResult(run_dir, run.best_path, state.history, report, state.seconds, cfg)
+
+
+def _diverged_message(run_dir: Path, epoch: int) -> str:
+    kept = (f"the models of epoch {epoch - 1} are kept in {run_dir / 'weights'}" if epoch > 1
+            else "no epoch completed, so nothing was kept")
+    return f"the loss became NaN or infinite in epoch {epoch}, so training stopped; {kept}. " \
+           "A lower --learning-rate usually helps"
 
 
 def _for_inference(model: keras.Model, cfg: TrainConfig, weights: list[float] | None) -> keras.Model:
@@ -356,9 +627,3 @@ def _final_report(model: keras.Model, data: TrainingData, run_dir: Path) -> Eval
     report = compute_metrics(labels, probs.argmax(axis=1), data.class_names)
     write_report(report, run_dir, overwrite=True)
     return report
-
-
-def _write_history(history: dict[str, list[float]], run_dir: Path) -> None:
-    write_json(run_dir / "history.json", history)
-    for metric in ("loss", "accuracy"):
-        save_figure(plot_history(history, metric), run_dir / f"{metric}.png")
