@@ -56,7 +56,11 @@ class Admission:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over `limit` bytes, by its Content-Length or while it streams."""
+    """ASGI middleware: 413 for a request body over `limit` bytes, by its Content-Length or while it streams.
+
+    The body is read here, up to the limit, before the application sees it,
+    so an oversized upload is refused without being parsed or kept whole.
+    """
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -67,31 +71,20 @@ class BodyLimit:
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await _too_large(send, self.limit)
-        seen = 0
-        started = False
-
-        async def counted_receive():
-            nonlocal seen
+        messages, seen = [], 0
+        while True:
             message = await receive()
+            messages.append(message)
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _BodyTooLarge
-            return message
+                return await _too_large(send, self.limit)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
 
-        async def tracked_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            return messages.pop(0) if messages else await receive()
 
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await _too_large(send, self.limit)
-
-
-class _BodyTooLarge(Exception):
-    """The request body passed the limit while it was being read."""
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send, limit: int) -> None:
