@@ -15,7 +15,7 @@ from conftest import PHOTOS, require
 
 from emorec.extras import install_hint, missing_message
 
-BLOCKED = ("keras", "tensorflow", "matplotlib", "tf2onnx", "onnx")
+BLOCKED = ("keras", "tensorflow", "matplotlib", "tf2onnx", "onnx", "fastapi", "uvicorn")
 
 
 def run_without_extras(args: list[str], cwd) -> subprocess.CompletedProcess:
@@ -32,13 +32,14 @@ def run_without_extras(args: list[str], cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=cwd)
 
 
-@pytest.mark.parametrize("args, needs", [
-    (["train", "DATA", "--epochs", "1"], "keras"),
-    (["show", "DATA", "--out", "s.png"], "matplotlib"),
-    (["export", "bundled", "--out", "m.onnx"], "keras"),
-    (["predict", "MODEL", "PHOTO"], "keras"),
+@pytest.mark.parametrize("args, needs, extra", [
+    (["train", "DATA", "--epochs", "1"], "keras", "train"),
+    (["show", "DATA", "--out", "s.png"], "matplotlib", "train"),
+    (["export", "bundled", "--out", "m.onnx"], "keras", "train"),
+    (["predict", "MODEL", "PHOTO"], "keras", "train"),
+    (["serve", "--port", "0"], "fastapi", "serve"),
 ])
-def test_commands_that_need_the_train_extra_say_so_in_one_line(args, needs, fer_tree, seven_class_model, tmp_path):
+def test_commands_that_need_an_extra_say_so_in_one_line(args, needs, extra, fer_tree, seven_class_model, tmp_path):
     data = fer_tree(per_class=3)
     args = [{"DATA": str(data), "MODEL": str(seven_class_model), "PHOTO": str(require(PHOTOS) / "Avinash_14.jpg")}
             .get(a, a) for a in args]
@@ -47,7 +48,7 @@ def test_commands_that_need_the_train_extra_say_so_in_one_line(args, needs, fer_
     [line] = [line for line in done.stderr.splitlines() if line.startswith("emorec ")]
     assert "Traceback" not in done.stderr
     assert line.startswith(f"emorec {args[0]}: error: ") and f"needs {needs}" in line
-    assert "pip install 'emorec[train]'" in line
+    assert f"pip install 'emorec[{extra}]'" in line
 
 
 def test_predict_and_evaluate_run_on_the_base_install(fer_tree, tmp_path):

@@ -134,7 +134,7 @@ def _add_show(commands) -> None:
 def _show(args) -> int:
     from emorec.extras import require
 
-    require("matplotlib", "emorec show")  # before the scan, not after it
+    require("matplotlib", "this command")  # before the scan, not after it
     from emorec import data, visualize
 
     report = data.scan_dataset(args.data)

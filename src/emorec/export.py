@@ -80,7 +80,7 @@ def _convert(keras_model, path: Path) -> None:
     from emorec.extras import require
 
     for module in ("tf2onnx", "onnx"):
-        require(module, "emorec export")
+        require(module, "export")
     import logging
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)  # its INFO lines describe graph rewrites

@@ -141,7 +141,7 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
     """The FastAPI application: the model loads once at start-up (or is given), endpoints stay thin."""
     from emorec.extras import require
 
-    require("fastapi", "emorec serve")
+    require("fastapi", "the service")
     from fastapi import FastAPI, File, HTTPException, Query, UploadFile
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
@@ -209,7 +209,8 @@ def serve(cfg: ServeConfig) -> None:
     """Run the service with Uvicorn until interrupted."""
     from emorec.extras import require
 
-    require("uvicorn", "emorec serve")
+    for module in ("fastapi", "uvicorn"):
+        require(module, "the service")
     import uvicorn
 
     app = create_app(cfg)
