@@ -127,17 +127,12 @@ def test_oversized_uploads_get_413(client):
 def test_a_full_queue_answers_503_with_retry_after():
     app = create_app(ServeConfig(queue=1))
     with TestClient(app) as busy_client:
-        admission = _admission(app)
+        admission = app.state.admission
         assert admission.enter()  # one request is already in
         response = post(busy_client, ("a.jpg", photo_bytes(), "image/jpeg"))
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         admission.leave()
         assert_still_serving(busy_client)
-
-
-def _admission(app):
-    route = next(r for r in app.routes if getattr(r, "path", "") == "/v1/predict")
-    return next(cell.cell_contents for cell in route.endpoint.__closure__ if type(cell.cell_contents).__name__ == "Admission")
 
 
 def test_model_card_figures_read_the_results_table(tmp_path):

@@ -18,6 +18,7 @@ others get 503 with Retry-After. Needs the `serve` extra (FastAPI, Uvicorn).
 
 
 import asyncio
+import json
 import os
 import re
 import tempfile
@@ -55,42 +56,50 @@ class Admission:
             self.count -= 1
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over `limit` bytes, by its Content-Length or while it streams.
+class UploadGate:
+    """ASGI middleware in front of uploads: 503 when `admission` is full, 413 for a body over `limit` bytes.
 
-    The body is read here, up to the limit, before the application sees it,
-    so an oversized upload is refused without being parsed or kept whole.
+    A request is admitted (or refused with Retry-After) before its body is
+    read; the body is then read here, up to the limit, before the
+    application parses it. Memory for uploads is therefore bounded by
+    queue x limit, however many clients connect.
     """
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, admission: Admission, paths: tuple[str, ...] = ("/v1/predict",)):
+        self.app, self.limit, self.admission, self.paths = app, limit, admission, paths
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await _too_large(send, self.limit)
-        messages, seen = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                return await _too_large(send, self.limit)
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                break
+            return await _answer(send, 413, f"request body over {self.limit / 1e6:g} MB")
+        if not self.admission.enter():
+            return await _answer(send, 503, "busy: too many requests in the queue", [(b"retry-after", b"1")])
+        try:
+            messages, seen = [], 0
+            while True:
+                message = await receive()
+                messages.append(message)
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    return await _answer(send, 413, f"request body over {self.limit / 1e6:g} MB")
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break
 
-        async def replay():
-            return messages.pop(0) if messages else await receive()
+            async def replay():
+                return messages.pop(0) if messages else await receive()
 
-        await self.app(scope, replay, send)
+            await self.app(scope, replay, send)
+        finally:
+            self.admission.leave()
 
 
-async def _too_large(send, limit: int) -> None:
-    body = f'{{"detail": "request body over {limit / 1e6:g} MB"}}'.encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+async def _answer(send, status: int, detail: str, headers: list | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -158,7 +167,8 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
 
     app = FastAPI(title="emorec", version=__version__, lifespan=lifespan,
                   description="Facial emotion recognition: faces, boxes and the probability of each emotion.")
-    app.add_middleware(BodyLimit, limit=int(cfg.max_upload_mb * 1e6))
+    app.state.admission = admission
+    app.add_middleware(UploadGate, limit=int(cfg.max_upload_mb * 1e6), admission=admission)
 
     @app.get("/healthz")
     def healthz():
@@ -186,14 +196,9 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
             raise HTTPException(422, str(error)) from None
         if len(files) > cfg.max_files:
             raise HTTPException(413, f"at most {cfg.max_files} files per request")
-        if not admission.enter():
-            raise HTTPException(503, "busy: too many requests in the queue", headers={"Retry-After": "1"})
-        try:
-            uploads = [(file.filename or f"file{i + 1}", await file.read()) for i, file in enumerate(files)]
-            rec = state["recognizer"].with_options(tta=mode, detect=detect)
-            results = await asyncio.get_running_loop().run_in_executor(pool, recognize_uploads, rec, uploads)
-        finally:
-            admission.leave()
+        uploads = [(file.filename or f"file{i + 1}", await file.read()) for i, file in enumerate(files)]
+        rec = state["recognizer"].with_options(tta=mode, detect=detect)
+        results = await asyncio.get_running_loop().run_in_executor(pool, recognize_uploads, rec, uploads)
         body = [result.to_dict() for result in results]
         return JSONResponse(body, status_code=422 if all(r.error for r in results) else 200)
 
