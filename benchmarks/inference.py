@@ -1,6 +1,6 @@
-"""Inference speed and footprint: emorec on ONNX Runtime, emorec on Keras/TensorFlow, and `fer`, in one run.
+"""Inference speed and footprint: emorec on ONNX Runtime (float32 and int8), on Keras/TensorFlow, and `fer`, in one run.
 
-    .venv/bin/python benchmarks/inference.py [--repeats 5] [--skip-venv-size] [--tools onnx keras fer]
+    .venv/bin/python benchmarks/inference.py [--repeats 5] [--skip-venv-size] [--tools onnx int8 keras fer]
 
 Figures (each tool in its own subprocess, so memory is its own):
 * cold start: wall seconds of `emorec predict ONE.jpg` (median of --repeats),
@@ -41,7 +41,8 @@ PHOTOS = DATA / "photos"
 RESULTS = HERE / "results" / "inference.json"
 KERAS_MODEL = REPO / "src" / "emorec" / "models" / "emorec-fer2013.keras"
 ONE_PHOTO = PHOTOS / "Ellen_DeGeneres_0002.jpg"
-TOOLS = ("onnx", "keras", "fer")
+TOOLS = ("onnx", "int8", "keras", "fer")
+MODELS = {"onnx": "bundled", "int8": "bundled-int8", "keras": str(KERAS_MODEL)}  # emorec's --model per tool
 FOLDER_COPIES = 18  # 56 photos x 18 = 1,008 files
 VIDEO_FRAMES = 150
 
@@ -93,7 +94,7 @@ def _load(tool: str):
     from emorec.recognizer import Recognizer
     from emorec.video import predict_video
 
-    recognizer = Recognizer(KERAS_MODEL if tool == "keras" else None)
+    recognizer = Recognizer(MODELS[tool])
 
     def folder(files):
         results = predict_images(PredictConfig(sources=[str(files[0].parent)]), progress=False, recognizer=recognizer)
@@ -116,9 +117,9 @@ def classifier_worker() -> dict:
     from emorec.evaluate import load_eval_data
     from emorec.runtime import load_runtime, probabilities
 
-    runtimes = {"onnx": load_runtime("bundled"), "keras": load_runtime(KERAS_MODEL)}
+    runtimes = {tool: load_runtime(model) for tool, model in MODELS.items()}
     info = runtimes["onnx"].info
-    images, _ = load_eval_data(DATA / "fer2013" / "val", info.class_names, 48, 1, progress=False)
+    images, labels = load_eval_data(DATA / "fer2013" / "val", info.class_names, 48, 1, progress=False)
     out = {}
     for name, runtime in runtimes.items():
         for batch in (1, 64):
@@ -130,10 +131,12 @@ def classifier_worker() -> dict:
                 probabilities(runtime, chunk)
                 times.append(time.perf_counter() - started)
             out[f"{name}_images_per_s_batch{batch}"] = batch / statistics.median(times)
-    onnx_probs, keras_probs = (probabilities(runtimes[n], images) for n in ("onnx", "keras"))
+    probs = {tool: probabilities(runtime, images) for tool, runtime in runtimes.items()}
     out["agreement_images"] = len(images)
-    out["agreement_same_top"] = float((onnx_probs.argmax(1) == keras_probs.argmax(1)).mean())
-    out["agreement_max_difference"] = float(np.abs(onnx_probs - keras_probs).max())
+    out["agreement_same_top"] = float((probs["onnx"].argmax(1) == probs["keras"].argmax(1)).mean())
+    out["agreement_max_difference"] = float(np.abs(probs["onnx"] - probs["keras"]).max())
+    out["int8_same_top_as_float"] = float((probs["int8"].argmax(1) == probs["onnx"].argmax(1)).mean())
+    out["val_accuracy"] = {tool: float((p.argmax(1) == labels).mean()) for tool, p in probs.items()}
     return out
 
 
@@ -154,8 +157,7 @@ def cold_start(tool: str, repeats: int, python: Path) -> dict:
     """Median wall seconds and peak RSS of one photo from a cold process."""
     emorec = [sys.executable, "-m", "emorec", "predict"]
     commands = {
-        "onnx": emorec + [str(ONE_PHOTO)],
-        "keras": emorec + ["--model", str(KERAS_MODEL), str(ONE_PHOTO)],
+        **{tool: emorec + ["--model", model, str(ONE_PHOTO)] for tool, model in MODELS.items()},
         "fer": [str(python), "-c", "import cv2\nfrom fer.fer import FER\n"
                 f"print(FER().detect_emotions(cv2.imread({str(ONE_PHOTO)!r})))"],
     }
@@ -203,8 +205,8 @@ def per_photo(tool: str) -> dict:
     """benchmarks/photos.py's single-photo figures for one tool."""
     command = [sys.executable, str(HERE / "photos.py"), "--tools", "fer" if tool == "fer" else "emorec",
                "--out", str(Path(tempfile.gettempdir()) / f"emorec-photos-{tool}.json")]
-    if tool == "keras":
-        command += ["--model", str(KERAS_MODEL)]
+    if tool != "fer":
+        command += ["--model", MODELS[tool]]
     subprocess.run(command, capture_output=True, text=True)
     [row] = json.loads(Path(command[command.index("--out") + 1]).read_text())["results"]
     if "error" in row:
@@ -261,7 +263,7 @@ def table(results: dict) -> str:
             ("classifier img/s, batch 1", "images_per_s_batch1", "{:.0f}"),
             ("classifier img/s, batch 64", "images_per_s_batch64", "{:.0f}")]
     tools = [t for t in TOOLS if t in results["tools"]]
-    names = {"onnx": "emorec ONNX", "keras": "emorec Keras", "fer": "fer"}
+    names = {"onnx": "emorec ONNX", "int8": "emorec ONNX int8", "keras": "emorec Keras", "fer": "fer"}
     lines = [f"| figure | {' | '.join(names[t] for t in tools)} |", "|---" * (len(tools) + 1) + "|"]
     for label, key, fmt in rows:
         cells = [results["tools"][t].get(key) for t in tools]
@@ -298,10 +300,10 @@ def main(argv=None) -> None:
             figures.update(per_photo(tool))
             figures.update(run_worker(tool, "folder", folder, python))
             figures.update(run_worker(tool, "video", video, python))
-    if {"onnx", "keras"} <= set(args.tools):
+    if {"onnx", "int8", "keras"} <= set(args.tools):
         done = subprocess.run([sys.executable, __file__, "--classifier-worker"], capture_output=True, text=True)
         classifier = json.loads(done.stdout.strip().splitlines()[-1])
-        for tool in ("onnx", "keras"):
+        for tool in MODELS:
             for batch in (1, 64):
                 results["tools"][tool][f"images_per_s_batch{batch}"] = classifier.pop(f"{tool}_images_per_s_batch{batch}")
         results["agreement"] = classifier
@@ -314,7 +316,9 @@ def main(argv=None) -> None:
     if "agreement" in results:
         a = results["agreement"]
         print(f"\nONNX vs Keras on {a['agreement_images']} FER2013 val images: same top emotion "
-              f"{a['agreement_same_top']:.2%}, largest probability difference {a['agreement_max_difference']:.1e}")
+              f"{a['agreement_same_top']:.2%}, largest probability difference {a['agreement_max_difference']:.1e}; "
+              f"int8 vs float32 same top emotion {a['int8_same_top_as_float']:.2%}; val accuracy "
+              + ", ".join(f"{tool} {acc:.2%}" for tool, acc in a["val_accuracy"].items()))
     if "base_install" in results:
         b = results["base_install"]
         print(f"base venv (pip install ., no extras): {b['base_venv_mb']:.0f} MB; predicts: {b['base_venv_predicts']}; "
