@@ -22,6 +22,7 @@ from emorec.config import ARCHITECTURES, RECIPES, TTA_MODES, ConfigError, Predic
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 failure, 2 usage error)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices are noise on a terminal
+    _ensure_std_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
@@ -32,11 +33,53 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(args.command)
             return args.handler(args)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"emorec {args.command}: error: {error}", file=sys.stderr)
+        say(f"emorec {args.command}: error: {error}", err=True)
+        return 1
+    except OSError as error:  # permissions, full disks, read-only folders: one line, no traceback
+        where = f"{error.filename}: " if error.filename else ""
+        say(f"emorec {args.command}: error: {where}{error.strerror or error}", err=True)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        say("interrupted", err=True)
         return 130
+
+
+def _ensure_std_streams() -> None:
+    """Give a closed stdout/stderr a /dev/null, and print names a terminal cannot encode as escapes.
+
+    A closed descriptor 1 or 2 would otherwise be reused by the next file
+    opened, and library messages meant for the terminal would land in it.
+    """
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            setattr(sys, name, open(fd, "w", closefd=False))
+        stream = getattr(sys, name)
+        if stream is not None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+_CONTROL = {**{c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}, 0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+
+
+def printable(text: str) -> str:
+    """text with control characters (terminal escape sequences, newlines) and undecodable name bytes escaped."""
+    text = text.translate(_CONTROL)
+    # Bytes of a file name that are not UTF-8 arrive as lone surrogates (U+DC80..U+DCFF).
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+
+
+def say(text: str = "", err: bool = False) -> None:
+    """Print text line by line with `printable`; a reader that went away (`| head`) ends the output, not the work."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        for line in str(text).split("\n"):
+            print(printable(line), file=stream)
+        stream.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _one_line_warnings(command: str):
@@ -46,11 +89,26 @@ def _one_line_warnings(command: str):
 
     def show(message, category, filename, lineno, file=None, line=None):
         if Path(filename).resolve().is_relative_to(package):
-            print(f"emorec {command}: warning: {message}", file=sys.stderr)
+            say(f"emorec {command}: warning: {message}", err=True)
         else:
             default(message, category, filename, lineno, file, line)
 
     return show
+
+
+def _int_range(low: int, high: int):
+    """An argparse type for an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range [{low}, {high}]")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,26 +141,54 @@ def _add_check(commands) -> None:
 
 def _check(args) -> int:
     from emorec import data
+    from emorec.files import check_output_path
 
-    report = data.scan_dataset(args.data)
-    print(report.table())
-    if report.empty_classes:
-        print(f"class folder(s) with no valid images: {', '.join(report.empty_classes)}")
-    if not report.invalid:
-        print("all files are valid images" if report.total else "no image files found")
-        return 0 if report.total else 1
-    print(f"\n{len(report.invalid)} invalid file(s):")
-    for item in report.invalid:
-        print(f"  {item.path}: {item.reason}")
     if args.quarantine:
-        moved = data.quarantine(report, args.quarantine)
-        print(f"moved {len(moved)} file(s) to {args.quarantine}")
-    elif args.delete:
-        deleted = data.delete_files(report)
-        print(f"deleted {len(deleted)} file(s)")
+        check_output_path(args.quarantine, [args.data], folder=True)
+    report = data.scan_dataset(args.data)
+    say(report.table())
+    if report.empty_classes:
+        say(f"class folder(s) with no valid images: {', '.join(report.empty_classes)}")
+    if not report.invalid:
+        say("all files are valid images" if report.total else "no image files found")
     else:
-        print("nothing changed: use --quarantine DIR to move them aside or --delete to remove them")
-    return 0
+        say(f"\n{len(report.invalid)} invalid file(s):")
+        for item in report.invalid:
+            say(f"  {item.path}: {item.reason}")
+    if report.documents:
+        say(f"\n{len(report.documents)} file(s) that are not images, left alone:")
+        for path in report.documents:
+            say(f"  {path}")
+    cleanup = _set_aside(report, args) if report.invalid else None
+    remaining = len(report.invalid) - (len(cleanup.done) if cleanup else 0)
+    say(_check_summary(report, cleanup))
+    return 0 if report.total and remaining == 0 else 1
+
+
+def _set_aside(report, args):
+    """Quarantine or delete what the flags ask for and print what was done; None when only reporting."""
+    from emorec import data
+
+    if not (args.quarantine or args.delete):
+        say("nothing changed: use --quarantine DIR to move corrupt images aside or --delete to remove them")
+        return None
+    cleanup = data.quarantine(report, args.quarantine) if args.quarantine else data.delete_files(report)
+    for item in cleanup.left:
+        say(f"  left alone: {item.path}: {item.reason}")
+    for item in cleanup.failed:
+        say(f"  could not {'move' if args.quarantine else 'delete'}: {item.path}: {item.reason}")
+    verb = f"moved to {args.quarantine}" if args.quarantine else "deleted"
+    say(f"{len(cleanup.done)} corrupt image file(s) {verb}")
+    return cleanup
+
+
+def _check_summary(report, cleanup) -> str:
+    parts = [f"{report.total} valid image(s)", f"{len(report.invalid)} invalid"]
+    if cleanup is not None:
+        parts[-1] += f" ({len(cleanup.done)} set aside, {len(cleanup.left)} left alone, {len(cleanup.failed)} failed)"
+    if report.documents:
+        parts.append(f"{len(report.documents)} non-image file(s) left alone")
+    return "summary: " + ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------
@@ -114,7 +200,7 @@ def _add_show(commands) -> None:
     cmd = commands.add_parser("show", help="save a grid of sample images per class and a class-count chart")
     cmd.add_argument("data", help="folder with one sub-folder per class")
     cmd.add_argument("--out", default="samples.png", help="PNG for the sample grid (the chart goes to *_counts.png)")
-    cmd.add_argument("--per-class", type=int, default=8, help="samples per class (default 8)")
+    cmd.add_argument("--per-class", type=_int_range(1, 100), default=8, help="samples per class (default 8)")
     cmd.add_argument("--seed", type=int, default=0, help="which random samples to show")
     cmd.add_argument("--exist-ok", action="store_true", help="replace existing PNGs")
     cmd.set_defaults(handler=_show)
@@ -122,11 +208,14 @@ def _add_show(commands) -> None:
 
 def _show(args) -> int:
     from emorec import data, visualize
+    from emorec.files import check_output_path
 
+    check_output_path(args.out, [args.data])
     report = data.scan_dataset(args.data)
+    data.warn_invalid(report)
     grid, counts = visualize.save_overview(report, args.out, per_class=args.per_class, seed=args.seed, overwrite=args.exist_ok)
-    print(report.table())
-    print(f"saved {grid} and {counts}")
+    say(report.table())
+    say(f"saved {grid} and {counts}")
     return 0
 
 
@@ -135,16 +224,18 @@ def _add_pack(commands) -> None:
     cmd.add_argument("train", help="training class folders")
     cmd.add_argument("out", help="output file ending in .npz or .npz.xz")
     cmd.add_argument("--val", help="validation class folders, stored as the 'val' split")
-    cmd.add_argument("--image-size", type=int, default=48)
+    cmd.add_argument("--image-size", type=_int_range(16, 1024), default=48, help="side of the stored images (default 48)")
     cmd.add_argument("--color-mode", choices=("grayscale", "rgb"), default="grayscale")
     cmd.set_defaults(handler=_pack)
 
 
 def _pack(args) -> int:
     from emorec import data
+    from emorec.files import check_output_path
 
     if not data.is_pack(args.out):
         raise ValueError(f"{args.out}: pack files end in .npz or .npz.xz")
+    check_output_path(args.out, [args.train] + ([args.val] if args.val else []))
     if Path(args.out).exists():
         raise FileExistsError(f"{args.out}: already exists")
     channels = 1 if args.color_mode == "grayscale" else 3
@@ -154,9 +245,9 @@ def _pack(args) -> int:
             report = data.scan_dataset(folder)
             data.warn_invalid(report)
             splits[split] = data.load_arrays(report, args.image_size, channels)
-            print(f"{split}: {len(splits[split])} images from {folder}")
+            say(f"{split}: {len(splits[split])} images from {folder}")
     path = data.save_pack(args.out, splits)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    say(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -196,9 +287,9 @@ def _train(args) -> int:
     from emorec.train import train
 
     result = train(cfg)
-    print(f"\nrun folder: {result.run_dir}")
-    print(f"best model: {result.best_model}  (best val accuracy {result.best_val_accuracy:.4f}, {result.seconds:.0f} s)")
-    print(result.report.table())
+    say(f"\nrun folder: {result.run_dir}")
+    say(f"best model: {result.best_model}  (best val accuracy {result.best_val_accuracy:.4f}, {result.seconds:.0f} s)")
+    say(result.report.table())
     return 0
 
 
@@ -225,16 +316,17 @@ def _add_tta_flag(cmd) -> None:
 
 def _evaluate(args) -> int:
     from emorec.evaluate import evaluate
-    from emorec.files import new_run_dir
+    from emorec.files import check_output_path, new_run_dir
     from emorec.model import model_path, read_info
 
     path = model_path(args.model)
     read_info(path)  # a missing or foreign file fails before the report folder is made
+    check_output_path(args.out or Path("runs") / "evaluate", [args.data, path], folder=True)
     out = args.out or new_run_dir(Path("runs") / "evaluate", path.stem)
     report = evaluate(args.model, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    say(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     if not args.json:
-        print(f"report and confusion matrix written to {out}")
+        say(f"report and confusion matrix written to {out}")
     return 0
 
 
@@ -270,19 +362,28 @@ def _predict(args) -> int:
         args.model = sources.pop(0)  # `emorec predict MODEL IMAGE...` works too
     if not sources:
         raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
-    if args.csv and Path(args.csv).exists() and not args.exist_ok:
-        raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
+    _check_predict_outputs(args, sources)
     cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
                         save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok)
     results = predict.run_predict(cfg, progress=not args.json)
-    if args.json:
-        print(predict.results_to_json(results))
-    else:
-        print(predict.format_results(results))
     if args.csv:
         predict.write_csv(results, args.csv)
-        print(f"wrote {args.csv}")
+    say(predict.results_to_json(results) if args.json else predict.format_results(results))
+    if args.csv:
+        say(f"wrote {args.csv}")
     return 1 if any(result.error for result in results) else 0
+
+
+def _check_predict_outputs(args, sources: list[str]) -> None:
+    """--csv and --save-annotated: never an input nor inside an input folder, writable, no silent overwrite."""
+    from emorec.files import check_output_path
+
+    if args.csv:
+        check_output_path(args.csv, sources)
+        if Path(args.csv).exists() and not args.exist_ok:
+            raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
+    if args.save_annotated:
+        check_output_path(args.save_annotated, sources, folder=True)
 
 
 if __name__ == "__main__":
