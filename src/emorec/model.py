@@ -12,8 +12,8 @@ loads the file as usual, and `load_model` here returns both.
 from __future__ import annotations
 
 import json
-import os
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +24,7 @@ import keras
 from keras import layers
 
 from emorec.config import tta_mode
+from emorec.files import InputFileError, atomic_path, stat_regular
 
 METADATA_MEMBER = "emorec.json"
 BUNDLED_MODEL = Path(__file__).parent / "models" / "emorec-fer2013.keras"
@@ -271,7 +272,7 @@ def load_weights_from(model: keras.Model, path: str | Path, class_names: list[st
         raise ValueError(f"{path}: a {info.arch} model for {info.input_shape} inputs cannot start a {arch} model "
                          f"for {shape} inputs (match --arch, --image-size and --color-mode)")
     same_classes = info.class_names == class_names
-    _copy_weights(keras.models.load_model(path, compile=False), model, skip=() if same_classes else ("emotion",))
+    _copy_weights(load_model(path)[0], model, skip=() if same_classes else ("emotion",))
     undone = info.extra.get("class_weights_undone")
     if same_classes and undone:
         undo_class_weights(model, [1 / weight for weight in undone])
@@ -372,30 +373,102 @@ def save_model(model: keras.Model, path: str | Path, info: ModelInfo, overwrite:
         raise ValueError(f"{path}: model files must end in .keras")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (pass overwrite=True / --exist-ok to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
+    with atomic_path(path, overwrite, suffix=".keras") as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_MEMBER, json.dumps(asdict(info), indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
+class ModelError(ValueError):
+    """A file that is not a usable emorec model; the message reads "PATH: not a usable emorec model (reason)"."""
+
+
+def _unusable(path: Path, reason: str) -> ModelError:
+    return ModelError(f"{path}: not a usable emorec model ({reason})")
+
+
+METADATA_LIMIT = 2**20  # bytes of emorec.json read at most: the member could be a zip bomb
+_INFO_TYPES = {"class_names": list, "image_size": int, "color_mode": str, "arch": str, "preprocessing": str, "extra": dict}
+# What a damaged or foreign zip raises while its member is read.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
+
+
 def read_info(path: str | Path) -> ModelInfo:
-    """Read the metadata of a saved model without loading Keras weights."""
+    """Read the metadata of a saved model without loading Keras weights.
+
+    Raises FileNotFoundError for a missing file and ModelError for anything
+    that is not an emorec model (not a zip, no or broken metadata).
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"{path}: no such model file")
     try:
+        stat_regular(path)
+    except InputFileError as error:
+        raise _unusable(path, str(error).removeprefix(f"{path}: ")) from None
+    try:
         with zipfile.ZipFile(path) as archive:
-            return ModelInfo(**json.loads(archive.read(METADATA_MEMBER)))
+            data = _read_metadata(archive, path)
+    except ModelError:
+        raise
+    except _ZIP_ERRORS:
+        raise _unusable(path, "not a .keras model file: not a readable zip archive") from None
+    try:
+        raw = json.loads(data)
+    except ValueError:  # also UnicodeDecodeError
+        raise _unusable(path, f"{METADATA_MEMBER} is not valid JSON") from None
+    return parse_info(raw, path)
+
+
+def _read_metadata(archive: zipfile.ZipFile, path: Path) -> bytes:
+    try:
+        member = archive.getinfo(METADATA_MEMBER)
     except KeyError:
-        raise ValueError(f"{path}: a Keras model without emorec metadata (class names unknown)") from None
-    except zipfile.BadZipFile:
-        raise ValueError(f"{path}: not a .keras model file") from None
+        raise _unusable(path, "a Keras model without emorec metadata: class names unknown") from None
+    if member.file_size > METADATA_LIMIT:
+        raise _unusable(path, f"{METADATA_MEMBER} declares {member.file_size:,} bytes, over the {METADATA_LIMIT:,}-byte limit")
+    with archive.open(member) as handle:
+        data = handle.read(METADATA_LIMIT + 1)
+    if len(data) > METADATA_LIMIT:
+        raise _unusable(path, f"{METADATA_MEMBER} is over the {METADATA_LIMIT:,}-byte limit")
+    return data
+
+
+def parse_info(raw: Any, path: str | Path) -> ModelInfo:
+    """Check model metadata read from a file and build its ModelInfo (ModelError if unusable).
+
+    Unknown keys are ignored (newer versions may add some); known keys must
+    have the right types and values. Every model format calls this with the
+    dict it stored, so the rules are the same for all of them.
+    """
+    path = Path(path)
+    if not isinstance(raw, dict):
+        raise _unusable(path, "its metadata is not a JSON object")
+    known = {key: value for key, value in raw.items() if key in _INFO_TYPES}
+    if "class_names" not in known:
+        raise _unusable(path, "its metadata has no class_names")
+    for key, value in known.items():
+        expected = _INFO_TYPES[key]
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise _unusable(path, f"metadata {key} should be {expected.__name__}, not {type(value).__name__}")
+    names = known["class_names"]
+    if len(names) < 2 or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise _unusable(path, "class_names must be two or more different, non-empty names")
+    if not 8 <= known.get("image_size", 48) <= 4096:
+        raise _unusable(path, f"image_size {known['image_size']} is out of range [8, 4096]")
+    if known.get("color_mode", "grayscale") not in ("grayscale", "rgb"):
+        raise _unusable(path, f"color_mode {known['color_mode']!r} is not grayscale or rgb")
+    return ModelInfo(**known)
+
+
+def check_model_matches(info: ModelInfo, input_shape: tuple, outputs: int, path: str | Path) -> None:
+    """ModelError unless a loaded network's input shape and output count fit its metadata."""
+    expected = 1 if len(info.class_names) == 2 else len(info.class_names)
+    if outputs != expected:
+        raise _unusable(Path(path), f"{len(info.class_names)} class names but {outputs} outputs")
+    if tuple(input_shape) != info.input_shape:
+        raise _unusable(Path(path), f"its input is {tuple(input_shape)}, its metadata says {info.input_shape}")
 
 
 def model_path(path: str | Path | None) -> Path:
@@ -407,4 +480,10 @@ def load_model(path: str | Path | None = None) -> tuple[keras.Model, ModelInfo]:
     """Load a saved model and its metadata; None or "bundled" loads the bundled model."""
     path = model_path(path)
     info = read_info(path)
-    return keras.models.load_model(path, compile=False), info
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for a damaged or foreign file
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise _unusable(path, reason) from None
+    check_model_matches(info, model.input_shape[1:], model.output_shape[-1], path)
+    return model, info

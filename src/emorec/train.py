@@ -83,7 +83,7 @@ def _from_folders(cfg: TrainConfig, progress: bool) -> TrainingData:
     for report in reports:
         data_lib.warn_invalid(report)
     # Checked before any link tree is made, so a bad dataset leaves nothing behind.
-    views = [data_lib.clean_view(report) for report in reports]
+    views = [data_lib.clean_view(r, image_size=cfg.image_size, channels=cfg.channels, progress=progress) for r in reports]
     common = dict(
         label_mode="binary" if len(reports[0].class_names) == 2 else "categorical",
         color_mode=cfg.color_mode,
