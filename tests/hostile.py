@@ -298,11 +298,15 @@ def as_other_user() -> list[str] | None:
 
 
 def run_cli(args: list[str], timeout: float = 120, prefix: list[str] | None = None, cwd: Path | None = None) -> Run:
-    """Run `python -m emorec ARGS` from this checkout; its own peak RSS is taken from wait4."""
+    """Run `python -m emorec ARGS` from this checkout, measured (see `measured`)."""
+    return measured([*(prefix or []), sys.executable, "-m", "emorec", *args], cwd or Path.cwd(), timeout)
+
+
+def measured(argv: list[str], cwd: Path, timeout: float = 300) -> Run:
+    """Run argv with this checkout's emorec; its peak RSS is taken from wait4, it is killed after timeout."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg",
-           "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8", "HOME": str(cwd or Path.cwd())}
-    argv = [*(prefix or []), sys.executable, "-m", "emorec", *args]
-    out_path, err_path = (Path(cwd or ".") / f".run-{os.getpid()}-{name}" for name in ("out", "err"))
+           "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8", "HOME": str(cwd)}
+    out_path, err_path = (cwd / f".run-{os.getpid()}-{name}" for name in ("out", "err"))
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.perf_counter()
         process = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
@@ -316,3 +320,51 @@ def run_cli(args: list[str], timeout: float = 120, prefix: list[str] | None = No
     out_path.unlink()
     err_path.unlink()
     return Run(process.returncode, stdout, stderr, seconds, usage.ru_maxrss / 1024)
+
+
+# ----------------------------------------------------------------------------
+# Trees for the commands that read class folders
+# ----------------------------------------------------------------------------
+
+
+def open_workdir(prefix: str = "emorec-hostile-") -> Path:
+    """A fresh folder that another user (nobody) can read and write, outside root-only temp folders."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o777)
+    return folder
+
+
+def build_tree(root: Path, chosen: list[Family], valid_per_class: int = 2) -> dict[str, Path]:
+    """Class folders happy/ and sad/ with valid faces, each family's input in sad/; {family name: its path}."""
+    for index, name in enumerate(("happy", "sad")):
+        (root / name).mkdir(parents=True)
+        for i in range(valid_per_class):
+            (root / name / f"face{i}.jpg").write_bytes(encoded(".jpg", face(10 * index + i)))
+    made = {}
+    for number, family in enumerate(chosen):
+        folder = root / "sad" / f"f{number:02d}"  # one sub-folder each: names like empty.jpg repeat
+        folder.mkdir()
+        made[family.name] = family.make(folder)
+    return made
+
+
+def link_outside_class(root: Path, outside: Path) -> Path:
+    """A class folder that is a symbolic link to a folder outside root, holding a corrupt image."""
+    outside.mkdir(parents=True)
+    (outside / "face.jpg").write_bytes(encoded(".jpg", face(7)))
+    (outside / "broken.jpg").write_bytes(b"not an image")
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    return outside / "broken.jpg"
+
+
+def privileges_droppable(cwd: Path) -> str | None:
+    """None when commands can run as another user here, else why not."""
+    prefix = as_other_user()
+    if prefix is None:
+        return "running as root without setpriv"
+    if not prefix:
+        return None
+    done = run_cli(["--version"], timeout=60, prefix=prefix, cwd=cwd)
+    return None if done.returncode == 0 else f"nobody cannot run emorec from this checkout: {done.stderr.strip()[-200:]}"
