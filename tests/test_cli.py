@@ -351,3 +351,75 @@ def test_predict_takes_a_leading_model_file_as_the_model(untrained_model_path, c
     (result,) = json.loads(capsys.readouterr().out)
     assert result["source"] == image
     assert sorted(result["faces"][0]["probabilities"]) == sorted(read_info(untrained_model_path).class_names)
+
+
+# ----------------------------------------------------------------------------
+# Outputs that would hurt inputs, and terminals that misbehave
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["show", "{tree}", "--out", "{tree}/sad/overview.png"],
+    ["pack", "{tree}", "{tree}/happy/faces.npz"],
+    ["check", "{tree}", "--quarantine", "{tree}/aside"],
+    ["evaluate", "bundled", "{tree}", "--out", "{tree}/happy/report"],
+    ["predict", "{tree}/sad/s0.jpg", "--csv", "{tree}/sad/s0.jpg"],
+    ["predict", "{tree}", "--save-annotated", "{tree}/annotated"],
+], ids=["show", "pack", "check", "evaluate", "predict-csv", "predict-annotated"])
+def test_outputs_inside_the_inputs_are_refused_before_any_work(small_tree, argv, capsys):
+    before = sorted((p, p.stat().st_size) for p in small_tree.rglob("*"))
+    assert main([arg.format(tree=small_tree) for arg in argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"emorec {argv[0]}: error: {small_tree}")
+    assert "lies inside the input folder" in err[0] or "is one of the inputs" in err[0]
+    assert sorted((p, p.stat().st_size) for p in small_tree.rglob("*")) == before
+
+
+def test_an_output_that_cannot_be_written_is_one_line_before_the_work(small_tree, capsys):
+    assert main(["pack", str(small_tree), "/proc/faces.npz"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("emorec pack: error: /proc/faces.npz: cannot write in /proc")
+
+
+@pytest.mark.parametrize("size", ["0", "-3", "5000", "big"])
+def test_pack_image_size_out_of_range_is_a_usage_error(small_tree, tmp_path, size, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pack", str(small_tree), str(tmp_path / "p.npz"), "--image-size", size])
+    assert exit_info.value.code == 2 and "--image-size" in capsys.readouterr().err
+    assert not (tmp_path / "p.npz").exists()
+
+
+def test_printable_escapes_control_characters_and_undecodable_bytes():
+    from emorec.cli import printable
+
+    assert printable("a\x1b[31mb\x07\tc\nd\x9b") == "a\\x1b[31mb\\x07\\tc\\nd\\x9b"
+    assert printable("caf" + b"\xe9".decode("utf-8", "surrogateescape") + ".jpg") == "caf\\xe9.jpg"
+    assert printable("ünïcode 表情.jpg") == "ünïcode 表情.jpg"
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(SRC), "PYTHONIOENCODING": "utf-8:strict"}
+
+
+def test_output_cut_short_by_head_is_no_traceback_and_the_work_is_done(tmp_path):
+    root = tmp_path / "faces"
+    write_image(root / "happy" / "ok.png", face_like())
+    for i in range(1500):  # far more output than a pipe holds
+        (root / "happy" / f"broken-file-with-a-long-name-{i:04d}.jpg").write_bytes(b"junk")
+    process = subprocess.Popen([sys.executable, "-m", "emorec", "check", str(root), "--delete"], env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().split() == [b"class", b"images"]
+    process.stdout.close()  # what `| head -1` does
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    assert [p.name for p in (root / "happy").iterdir()] == ["ok.png"]
+
+
+@pytest.mark.parametrize("command", ["check", "pack"])
+def test_a_closed_stderr_changes_nothing_but_the_messages(small_tree, tmp_path, command):
+    args = [str(small_tree)] + ([str(tmp_path / "p.npz")] if command == "pack" else [])
+    done = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "emorec", command, *args],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == (1 if command == "check" else 0), done.stdout
+    assert "summary: 6 valid image(s), 1 invalid" in done.stdout if command == "check" else (tmp_path / "p.npz").is_file()
