@@ -257,7 +257,7 @@ def test_evaluate_missing_or_foreign_model_makes_no_report_folder(tmp_path, monk
     assert main(["evaluate", str(tmp_path / "none.keras"), str(tmp_path)]) == 1
     assert "none.keras" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "notes.keras"), str(tmp_path)]) == 1
-    assert "notes.keras: not a .keras model file" in capsys.readouterr().err
+    assert "notes.keras: not a usable emorec model (not a .keras model file" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

@@ -71,11 +71,11 @@ def printable(text: str) -> str:
     return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
 
 
-def say(text: str = "", err: bool = False) -> None:
-    """Print text line by line with `printable`; a reader that went away (`| head`) ends the output, not the work."""
+def say(*lines: str, err: bool = False) -> None:
+    """Print each line through `printable`; a reader that went away (`| head`) ends the output, not the work."""
     stream = sys.stderr if err else sys.stdout
     try:
-        for line in str(text).split("\n"):
+        for line in lines:
             print(printable(line), file=stream)
         stream.flush()
     except BrokenPipeError:
@@ -146,17 +146,17 @@ def _check(args) -> int:
     if args.quarantine:
         check_output_path(args.quarantine, [args.data], folder=True)
     report = data.scan_dataset(args.data)
-    say(report.table())
+    say(*report.table().splitlines())
     if report.empty_classes:
         say(f"class folder(s) with no valid images: {', '.join(report.empty_classes)}")
     if not report.invalid:
         say("all files are valid images" if report.total else "no image files found")
     else:
-        say(f"\n{len(report.invalid)} invalid file(s):")
+        say("", f"{len(report.invalid)} invalid file(s):")
         for item in report.invalid:
             say(f"  {item.path}: {item.reason}")
     if report.documents:
-        say(f"\n{len(report.documents)} file(s) that are not images, left alone:")
+        say("", f"{len(report.documents)} file(s) that are not images, left alone:")
         for path in report.documents:
             say(f"  {path}")
     cleanup = _set_aside(report, args) if report.invalid else None
@@ -214,8 +214,7 @@ def _show(args) -> int:
     report = data.scan_dataset(args.data)
     data.warn_invalid(report)
     grid, counts = visualize.save_overview(report, args.out, per_class=args.per_class, seed=args.seed, overwrite=args.exist_ok)
-    say(report.table())
-    say(f"saved {grid} and {counts}")
+    say(*report.table().splitlines(), f"saved {grid} and {counts}")
     return 0
 
 
@@ -287,9 +286,9 @@ def _train(args) -> int:
     from emorec.train import train
 
     result = train(cfg)
-    say(f"\nrun folder: {result.run_dir}")
-    say(f"best model: {result.best_model}  (best val accuracy {result.best_val_accuracy:.4f}, {result.seconds:.0f} s)")
-    say(result.report.table())
+    say("", f"run folder: {result.run_dir}",
+        f"best model: {result.best_model}  (best val accuracy {result.best_val_accuracy:.4f}, {result.seconds:.0f} s)",
+        *result.report.table().splitlines())
     return 0
 
 
@@ -324,7 +323,7 @@ def _evaluate(args) -> int:
     check_output_path(args.out or Path("runs") / "evaluate", [args.data, path], folder=True)
     out = args.out or new_run_dir(Path("runs") / "evaluate", path.stem)
     report = evaluate(args.model, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok)
-    say(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    say(*(json.dumps(report.to_dict(), indent=2) if args.json else report.table()).splitlines())
     if not args.json:
         say(f"report and confusion matrix written to {out}")
     return 0
@@ -368,7 +367,7 @@ def _predict(args) -> int:
     results = predict.run_predict(cfg, progress=not args.json)
     if args.csv:
         predict.write_csv(results, args.csv)
-    say(predict.results_to_json(results) if args.json else predict.format_results(results))
+    say(*(predict.results_to_json(results) if args.json else predict.format_results(results)).splitlines())
     if args.csv:
         say(f"wrote {args.csv}")
     return 1 if any(result.error for result in results) else 0
