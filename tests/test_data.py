@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -551,3 +552,25 @@ def test_training_reads_exactly_what_prediction_feeds_the_model(tmp_path, color_
     for image, label in zip(np.asarray(images), np.asarray(labels)):
         expected = to_model_input(read_image(sources[label]), 48, channels)
         np.testing.assert_array_equal(image, expected.astype(np.float32))
+
+
+def test_opencv_refuses_what_the_header_check_would_even_if_bypassed(tmp_path):
+    """OPENCV_IO_MAX_IMAGE_PIXELS, set by `import emorec` before OpenCV loads, is the second fence."""
+    import subprocess
+    import sys
+
+    from hostile import decompressing_png
+
+    path = tmp_path / "big.png"
+    path.write_bytes(decompressing_png(8001, 8000))  # 64,008,000 pixels: just over data.MAX_PIXELS
+    code = ("import sys, emorec, cv2, numpy as np\n"
+            "from emorec.data import MAX_PIXELS\n"
+            "try:\n"
+            "    cv2.imdecode(np.fromfile(sys.argv[1], np.uint8), cv2.IMREAD_UNCHANGED)\n"
+            "except cv2.error as error:\n"
+            "    print('refused' if 'CV_IO_MAX_IMAGE_PIXELS' in str(error) else error, MAX_PIXELS)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env.pop("OPENCV_IO_MAX_IMAGE_PIXELS", None)
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.stdout.split() == ["refused", "64000000"], done.stderr
+    assert done.stderr == ""  # OpenCV's own log lines are silenced

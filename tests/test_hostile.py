@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ def _prefix(family, dropped) -> list[str]:
 def _assert_sane(run: Run, limit_mib: float, seconds: float = 60) -> None:
     assert "Traceback" not in run.stderr, run.stderr[-2000:]
     assert "\x1b" not in run.stdout + run.stderr  # escape sequences in names are printed escaped
+    assert not re.search(r"\[ ?(WARN|ERROR):|libpng|Corrupt JPEG", run.stderr)  # no decoder noise
     assert run.seconds < seconds and run.peak_mib < limit_mib, (run.seconds, run.peak_mib)
 
 

@@ -400,13 +400,13 @@ class Cleanup:
 def quarantine(report: ScanReport, destination: str | Path) -> Cleanup:
     """Move the corrupt image files of `report` under `destination`, keeping relative paths.
 
-    Only files that `removable` allows are moved; destination must lie outside
+    Only files that `_removable` allows are moved; destination must lie outside
     the data folder (inside it would become a new class). Never overwrites: a
     clash gets a numbered name. A file that cannot be moved is reported in
     `failed` and the others are still moved.
     """
     destination = check_output_path(destination, [report.root], folder=True)
-    cleanup, moving = removable(report)
+    cleanup, moving = _removable(report)
     for item in moving:
         target = _free_path(destination / item.path.relative_to(report.root))
         try:
@@ -428,8 +428,8 @@ def _free_path(path: Path) -> Path:
 
 
 def delete_files(report: ScanReport) -> Cleanup:
-    """Delete the corrupt image files of `report` that `removable` allows (only when the user asked)."""
-    cleanup, deleting = removable(report)
+    """Delete the corrupt image files of `report` that `_removable` allows (only when the user asked)."""
+    cleanup, deleting = _removable(report)
     for item in deleting:
         try:
             item.path.unlink()
@@ -440,7 +440,7 @@ def delete_files(report: ScanReport) -> Cleanup:
     return cleanup
 
 
-def removable(report: ScanReport) -> tuple[Cleanup, list[InvalidFile]]:
+def _removable(report: ScanReport) -> tuple[Cleanup, list[InvalidFile]]:
     """Split the invalid files into those a delete or move may touch and a Cleanup listing the rest.
 
     Only regular files whose content fails to decode, reached without passing
