@@ -9,12 +9,13 @@ and benchmarks/hostile.py.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import stat
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -302,24 +303,42 @@ def run_cli(args: list[str], timeout: float = 120, prefix: list[str] | None = No
     return measured([*(prefix or []), sys.executable, "-m", "emorec", *args], cwd or Path.cwd(), timeout)
 
 
+# Peak RSS survives exec on Linux, so a child forked from a large test process
+# would report the parent's size: the command is forked from this small Python instead.
+_TRAMPOLINE = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    json.dump([os.waitstatus_to_exitcode(status), usage.ru_maxrss], report)
+"""
+
+
 def measured(argv: list[str], cwd: Path, timeout: float = 300) -> Run:
-    """Run argv with this checkout's emorec; its peak RSS is taken from wait4, it is killed after timeout."""
+    """Run argv with this checkout's emorec, measuring its wall time and its own peak RSS; killed after timeout."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg",
            "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8", "HOME": str(cwd)}
-    out_path, err_path = (cwd / f".run-{os.getpid()}-{name}" for name in ("out", "err"))
+    out_path, err_path, report = (cwd / f".run-{os.getpid()}-{name}" for name in ("out", "err", "json"))
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
-        timer = threading.Timer(timeout, process.kill)
-        timer.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        timer.cancel()
+        process = subprocess.Popen([sys.executable, "-c", _TRAMPOLINE, str(report), *argv], stdout=out, stderr=err,
+                                   stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
+    returncode, peak_kib = json.loads(report.read_text()) if report.exists() else (-9, 0)
     stdout, stderr = (p.read_bytes().decode("utf-8", "replace") for p in (out_path, err_path))
-    out_path.unlink()
-    err_path.unlink()
-    return Run(process.returncode, stdout, stderr, seconds, usage.ru_maxrss / 1024)
+    for path in (out_path, err_path, report):
+        path.unlink(missing_ok=True)
+    return Run(returncode, stdout, stderr, seconds, peak_kib / 1024)
 
 
 # ----------------------------------------------------------------------------
