@@ -391,7 +391,7 @@ def _unusable(path: Path, reason: str) -> ModelError:
 METADATA_LIMIT = 2**20  # bytes of emorec.json read at most: the member could be a zip bomb
 _INFO_TYPES = {"class_names": list, "image_size": int, "color_mode": str, "arch": str, "preprocessing": str, "extra": dict}
 # What a damaged or foreign zip raises while its member is read.
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError)
 
 
 def read_info(path: str | Path) -> ModelInfo:
@@ -412,6 +412,8 @@ def read_info(path: str | Path) -> ModelInfo:
             data = _read_metadata(archive, path)
     except ModelError:
         raise
+    except OSError as error:
+        raise _unusable(path, error.strerror or str(error)) from None
     except _ZIP_ERRORS:
         raise _unusable(path, "not a .keras model file: not a readable zip archive") from None
     try:
