@@ -101,14 +101,15 @@ def test_help_does_not_import_tensorflow():
 # ----------------------------------------------------------------------------
 
 
-def test_check_reports_invalid_files_and_changes_nothing(small_tree, capsys):
-    assert main(["check", str(small_tree)]) == 0
+def test_check_reports_invalid_files_fails_and_changes_nothing(small_tree, capsys):
+    assert main(["check", str(small_tree)]) == 1
     out = capsys.readouterr().out
     assert "happy" in out and "sad" in out
     assert [line.split() for line in out.splitlines() if line.startswith("total")] == [["total", "6"]]
-    assert "2 invalid file(s)" in out
-    assert "broken.jpg" in out and "readme.txt" in out
+    assert "1 invalid file(s)" in out and "broken.jpg: not a decodable image" in out
+    assert "1 file(s) that are not images, left alone" in out and "readme.txt" in out
     assert "nothing changed" in out
+    assert out.splitlines()[-1] == "summary: 6 valid image(s), 1 invalid, 1 non-image file(s) left alone"
     assert (small_tree / "sad" / "broken.jpg").exists() and (small_tree / "happy" / "readme.txt").exists()
 
 
@@ -122,7 +123,7 @@ def test_check_clean_tree(tmp_path, capsys):
 def test_check_names_empty_class_folders_and_fails_without_images(tmp_path, capsys):
     write_image(tmp_path / "a" / "1.png", face_like())
     (tmp_path / "b").mkdir()
-    assert main(["check", str(tmp_path)]) == 0
+    assert main(["check", str(tmp_path)]) == 0  # an empty class is named, but every file is valid
     assert "class folder(s) with no valid images: b" in capsys.readouterr().out
     (tmp_path / "a" / "1.png").unlink()
     assert main(["check", str(tmp_path)]) == 1
@@ -132,20 +133,20 @@ def test_check_names_empty_class_folders_and_fails_without_images(tmp_path, caps
 def test_check_quarantine_moves_the_invalid_files(small_tree, tmp_path, capsys):
     target = tmp_path / "bad"
     assert main(["check", str(small_tree), "--quarantine", str(target)]) == 0
-    assert "moved 2 file(s)" in capsys.readouterr().out
+    assert f"1 corrupt image file(s) moved to {target}" in capsys.readouterr().out
     assert (target / "sad" / "broken.jpg").read_bytes() == b"not an image"
-    assert (target / "happy" / "readme.txt").is_file()
+    assert (small_tree / "happy" / "readme.txt").is_file()  # a document, not a broken image
     assert not (small_tree / "sad" / "broken.jpg").exists()
-    assert len(list(small_tree.rglob("*.*"))) == 6
+    assert len(list(small_tree.rglob("*.*"))) == 7
     assert main(["check", str(small_tree)]) == 0
     assert "all files are valid images" in capsys.readouterr().out
 
 
 def test_check_delete(small_tree, capsys):
     assert main(["check", str(small_tree), "--delete"]) == 0
-    assert "deleted 2 file(s)" in capsys.readouterr().out
+    assert "1 corrupt image file(s) deleted" in capsys.readouterr().out
     assert sorted(p.name for p in small_tree.rglob("*") if p.is_file()) == sorted(
-        [f"h{i}.png" for i in range(3)] + [f"s{i}.jpg" for i in range(3)])
+        [f"h{i}.png" for i in range(3)] + [f"s{i}.jpg" for i in range(3)] + ["readme.txt"])
 
 
 def test_check_quarantine_and_delete_are_exclusive(small_tree, tmp_path):
@@ -231,8 +232,7 @@ def test_skipped_files_are_one_line_warnings(small_tree, tmp_path, capsys):
     assert main(["pack", str(small_tree), str(tmp_path / "faces.npz")]) == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "warning" in line.lower()]
-    assert len(lines) == 2 and all(line.startswith("emorec pack: warning: skipping ") for line in lines)
-    assert any("readme.txt" in line for line in lines) and any("broken.jpg" in line for line in lines)
+    assert len(lines) == 1 and lines[0].startswith("emorec pack: warning: skipping ") and "broken.jpg" in lines[0]
     assert "UserWarning" not in err and "warnings.warn" not in err
 
 
@@ -351,7 +351,7 @@ def test_evaluate_missing_or_foreign_model_makes_no_report_folder(tmp_path, monk
     assert main(["evaluate", str(tmp_path / "none.keras"), str(tmp_path)]) == 1
     assert "none.keras" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "notes.keras"), str(tmp_path)]) == 1
-    assert "notes.keras: not a .keras model file" in capsys.readouterr().err
+    assert "notes.keras: not a usable emorec model (not a .keras model file" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 
@@ -446,3 +446,75 @@ def test_predict_takes_a_leading_model_file_as_the_model(untrained_model_path, c
     (result,) = json.loads(capsys.readouterr().out)
     assert result["source"] == image
     assert sorted(result["faces"][0]["probabilities"]) == sorted(read_info(untrained_model_path).class_names)
+
+
+# ----------------------------------------------------------------------------
+# Outputs that would hurt inputs, and terminals that misbehave
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["show", "{tree}", "--out", "{tree}/sad/overview.png"],
+    ["pack", "{tree}", "{tree}/happy/faces.npz"],
+    ["check", "{tree}", "--quarantine", "{tree}/aside"],
+    ["evaluate", "bundled", "{tree}", "--out", "{tree}/happy/report"],
+    ["predict", "{tree}/sad/s0.jpg", "--csv", "{tree}/sad/s0.jpg"],
+    ["predict", "{tree}", "--save-annotated", "{tree}/annotated"],
+], ids=["show", "pack", "check", "evaluate", "predict-csv", "predict-annotated"])
+def test_outputs_inside_the_inputs_are_refused_before_any_work(small_tree, argv, capsys):
+    before = sorted((p, p.stat().st_size) for p in small_tree.rglob("*"))
+    assert main([arg.format(tree=small_tree) for arg in argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"emorec {argv[0]}: error: {small_tree}")
+    assert "lies inside the input folder" in err[0] or "is one of the inputs" in err[0]
+    assert sorted((p, p.stat().st_size) for p in small_tree.rglob("*")) == before
+
+
+def test_an_output_that_cannot_be_written_is_one_line_before_the_work(small_tree, capsys):
+    assert main(["pack", str(small_tree), "/proc/faces.npz"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("emorec pack: error: /proc/faces.npz: cannot write in /proc")
+
+
+@pytest.mark.parametrize("size", ["0", "-3", "5000", "big"])
+def test_pack_image_size_out_of_range_is_a_usage_error(small_tree, tmp_path, size, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pack", str(small_tree), str(tmp_path / "p.npz"), "--image-size", size])
+    assert exit_info.value.code == 2 and "--image-size" in capsys.readouterr().err
+    assert not (tmp_path / "p.npz").exists()
+
+
+def test_printable_escapes_control_characters_and_undecodable_bytes():
+    from emorec.cli import printable
+
+    assert printable("a\x1b[31mb\x07\tc\nd\x9b") == "a\\x1b[31mb\\x07\\tc\\nd\\x9b"
+    assert printable("caf" + b"\xe9".decode("utf-8", "surrogateescape") + ".jpg") == "caf\\xe9.jpg"
+    assert printable("ünïcode 表情.jpg") == "ünïcode 表情.jpg"
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(SRC), "PYTHONIOENCODING": "utf-8:strict"}
+
+
+def test_output_cut_short_by_head_is_no_traceback_and_the_work_is_done(tmp_path):
+    root = tmp_path / "faces"
+    write_image(root / "happy" / "ok.png", face_like())
+    for i in range(1500):  # far more output than a pipe holds
+        (root / "happy" / f"broken-file-with-a-long-name-{i:04d}.jpg").write_bytes(b"junk")
+    process = subprocess.Popen([sys.executable, "-m", "emorec", "check", str(root), "--delete"], env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().split() == [b"class", b"images"]
+    process.stdout.close()  # what `| head -1` does
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    assert [p.name for p in (root / "happy").iterdir()] == ["ok.png"]
+
+
+@pytest.mark.parametrize("command", ["check", "pack"])
+def test_a_closed_stderr_changes_nothing_but_the_messages(small_tree, tmp_path, command):
+    args = [str(small_tree)] + ([str(tmp_path / "p.npz")] if command == "pack" else [])
+    done = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "emorec", command, *args],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == (1 if command == "check" else 0), done.stdout
+    assert "summary: 6 valid image(s), 1 invalid" in done.stdout if command == "check" else (tmp_path / "p.npz").is_file()

@@ -25,6 +25,7 @@ from emorec.data import (
     read_image,
     save_pack,
     scan_dataset,
+    to_model_input,
     validate_image,
 )
 
@@ -61,7 +62,6 @@ def mixed_tree(tmp_path) -> dict:
     bad("happy/truncated.jpg", jpeg[: len(jpeg) // 2], "truncated")
     bad("sad/empty.jpg", b"", "empty")
     bad("sad/text.jpg", b"this is not an image\n" * 20, "not a decodable")
-    bad("sad/notes.txt", b"a text file", "extension")
     # Hidden files and folders are neither valid nor invalid: they are not looked at.
     (root / "happy" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (root / "sad" / ".hidden").mkdir()
@@ -69,7 +69,8 @@ def mixed_tree(tmp_path) -> dict:
     (root / "neutral").mkdir()  # an empty class folder
     (root / ".cache").mkdir()  # a hidden folder is not a class
     (root / ".cache" / "x.jpg").write_bytes(b"junk")
-    return {"root": root, "valid": valid, "invalid": invalid}
+    (root / "sad" / "notes.txt").write_bytes(b"a text file")  # a document: listed, never judged or touched
+    return {"root": root, "valid": valid, "invalid": invalid, "documents": [root / "sad" / "notes.txt"]}
 
 
 # ----------------------------------------------------------------------------
@@ -91,6 +92,7 @@ def test_scan_reports_each_invalid_file_with_its_reason(mixed_tree):
     assert set(found) == set(mixed_tree["invalid"])
     for path, reason_part in mixed_tree["invalid"].items():
         assert reason_part in found[path], (path, found[path])
+    assert report.documents == mixed_tree["documents"]
 
 
 def test_scan_ignores_hidden_files_and_folders(mixed_tree):
@@ -139,7 +141,7 @@ def test_scan_real_fer_subset_is_all_valid(fer_tree):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", [".png", ".jpg", ".jpeg", ".bmp", ".gif"])
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp"])
 def test_every_accepted_extension_validates(tmp_path, suffix):
     path = tmp_path / f"img{suffix}"
     Image.fromarray(face_like(0, channels=3)).save(path)
@@ -148,7 +150,7 @@ def test_every_accepted_extension_validates(tmp_path, suffix):
 
 def test_wrong_extension_is_invalid_even_if_decodable(tmp_path):
     path = write_image(tmp_path / "img.png", face_like())
-    renamed = path.rename(tmp_path / "img.tiff")
+    renamed = path.rename(tmp_path / "img.jp2")
     assert "extension" in validate_image(renamed)
     assert "extension" in validate_image(tmp_path / "no_suffix")
 
@@ -260,7 +262,7 @@ def test_quarantine_moves_invalid_files_keeping_relative_paths(mixed_tree, tmp_p
     root, target = mixed_tree["root"], tmp_path / "quarantine"
     report = scan_dataset(root, progress=False)
     before = {p: p.read_bytes() for p in mixed_tree["valid"]}
-    moved = quarantine(report, target)
+    moved = quarantine(report, target).done
     expected = sorted(target / p.relative_to(root) for p in mixed_tree["invalid"])
     assert sorted(moved) == expected
     assert all(p.is_file() for p in moved)
@@ -286,28 +288,11 @@ def test_quarantine_never_overwrites(tmp_path):
 
 def test_delete_files_removes_only_invalid(mixed_tree):
     report = scan_dataset(mixed_tree["root"], progress=False)
-    deleted = delete_files(report)
+    deleted = delete_files(report).done
     assert sorted(deleted) == sorted(mixed_tree["invalid"])
     assert not any(p.exists() for p in mixed_tree["invalid"])
     assert all(p.is_file() for p in mixed_tree["valid"])
     assert (mixed_tree["root"] / "happy" / ".DS_Store").exists()
-
-
-def test_clean_view_links_only_valid_files(mixed_tree):
-    report = scan_dataset(mixed_tree["root"], progress=False)
-    view = clean_view(report)
-    try:
-        assert sorted(d.name for d in view.iterdir()) == report.class_names
-        for name in report.class_names:
-            links = sorted((view / name).iterdir())
-            assert len(links) == report.counts[name]
-            assert all(link.is_symlink() for link in links)
-            assert sorted(Path(os.readlink(link)) for link in links) == sorted(p.resolve() for p in report.files[name])
-        view_report = scan_dataset(view, progress=False)
-        assert view_report.invalid == [] and view_report.counts == report.counts
-    finally:
-        shutil.rmtree(view)
-    assert all(p.exists() for p in mixed_tree["valid"])
 
 
 # ----------------------------------------------------------------------------
@@ -372,23 +357,220 @@ def test_is_pack():
     assert not is_pack("a/") and not is_pack("a.xz") and not is_pack("a.zip")
 
 
-def test_clean_view_converts_jpegs_tensorflow_would_misread(tmp_path):
-    """CMYK and EXIF-rotated JPEGs become PNGs in the view (as read_image sees them); others are links."""
+# ----------------------------------------------------------------------------
+# The reader's fences
+# ----------------------------------------------------------------------------
+
+
+def test_read_refuses_from_the_header_before_decoding(tmp_path):
+    from hostile import png_bytes
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_bytes(100_000, 100_000))  # 69 bytes declaring 10^10 pixels
+    with pytest.raises(ImageReadError, match="10,000,000,000 pixels") as caught:
+        read_image(path)
+    assert not caught.value.corrupt  # over the limit is not corrupt: never deleted
+
+
+def test_read_reduces_an_oversized_jpeg_only_when_asked(tmp_path):
+    path = write_image(tmp_path / "photo.jpg", face_like(0, size=400))
+    with pytest.raises(ImageReadError, match="exceeds the 40,000-pixel limit"):
+        read_image(path, max_pixels=40_000)
+    assert read_image(path, max_pixels=40_000, reduce=True).shape == (200, 200, 3)  # 1/2: 40,000 pixels
+    assert read_image(path, max_pixels=3_000, reduce=True).shape == (50, 50, 3)  # 1/8
+    with pytest.raises(ImageReadError, match="exceeds"):
+        read_image(path, max_pixels=2_000, reduce=True)  # 1/8 is still too large
+    png = write_image(tmp_path / "photo.png", face_like(0, size=400))
+    with pytest.raises(ImageReadError, match="exceeds"):
+        read_image(png, max_pixels=40_000, reduce=True)  # only JPEG decoders can skip pixels
+
+
+@pytest.mark.parametrize("tail", [b"\0" * 4096, b"\x00\x00\x00\x18ftypmp42" + b"\xff\xd8\x11" * 500],
+                         ids=["padding", "motion-photo clip"])
+def test_bytes_after_the_jpeg_end_marker_are_not_truncation(tmp_path, tail):
+    data = _jpeg_bytes(4, size=96)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data + tail)
+    np.testing.assert_array_equal(read_image(path), cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+
+
+def test_a_tiny_jpeg_declaring_a_huge_frame_is_refused(tmp_path):
+    from hostile import jpeg_with_size
+
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(jpeg_with_size(7000, 7000, _jpeg_bytes(0)))  # 49 Mpx, within the limit, in 2 KB
+    with pytest.raises(ImageReadError, match="holds only"):
+        read_image(path)
+
+
+def test_images_of_formats_emorec_does_not_read_are_refused_but_not_corrupt(tmp_path):
+    ppm = tmp_path / "photo.jpg"
+    Image.fromarray(face_like(0, channels=3)).save(ppm, format="PPM")
+    heic = tmp_path / "phone.jpg"
+    heic.write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 100)
+    for path, name in ((ppm, "PPM"), (heic, "HEIF")):
+        with pytest.raises(ImageReadError, match=name) as caught:
+            read_image(path)
+        assert not caught.value.corrupt
+
+
+def test_read_refuses_what_is_not_a_regular_file_without_opening_it(tmp_path):
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nothing-here.jpg")
+    for name, reason in (("fifo.jpg", "FIFO"), ("loop.jpg", "link loop"), ("gone.jpg", "dangling")):
+        with pytest.raises(ImageReadError, match=reason):
+            read_image(tmp_path / name)
+
+
+# ----------------------------------------------------------------------------
+# Deletes and moves stay inside and stay narrow
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded_tree(tmp_path) -> dict:
+    """A data folder with corrupt files, valid files delete must keep, and a class folder linked from outside."""
+    root, outside = tmp_path / "data", tmp_path / "elsewhere"
+    write_image(root / "happy" / "ok.png", face_like(0))
+    (root / "happy" / "broken.jpg").write_bytes(b"junk")
+    (root / "happy" / "empty.png").write_bytes(b"")
+    write_image(root / "happy" / "big.png", face_like(1, size=300))  # valid, over a small limit
+    Image.fromarray(face_like(2, channels=3)).save(root / "happy" / "other.jpg", format="PPM")
+    (root / "happy" / "README.md").write_text("notes\n")
+    write_image(outside / "ok.png", face_like(3))
+    (outside / "broken.jpg").write_bytes(b"junk")
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    return {"root": root, "outside": outside}
+
+
+def test_delete_removes_only_corrupt_files_inside_the_data_folder(guarded_tree, monkeypatch):
+    import emorec.data
+
+    monkeypatch.setattr(emorec.data, "MAX_PIXELS", 50_000)
+    monkeypatch.setattr(emorec.data.read_image, "__defaults__", (50_000, False))
+    root, outside = guarded_tree["root"], guarded_tree["outside"]
+    report = scan_dataset(root, progress=False)
+    assert report.documents == [root / "happy" / "README.md"]
+    cleanup = delete_files(report)
+    assert sorted(p.name for p in cleanup.done) == ["broken.jpg", "empty.png"]
+    assert sorted(p.name for p in (root / "happy").iterdir()) == ["README.md", "big.png", "ok.png", "other.jpg"]
+    left = {item.path.name: item.reason for item in cleanup.left}
+    assert "exceeds" in left["big.png"] and "PPM" in left["other.jpg"]
+    assert "symbolic link" in left["broken.jpg"]
+    assert (outside / "broken.jpg").exists() and cleanup.failed == []
+
+
+def test_quarantine_inside_the_data_folder_is_refused(guarded_tree):
+    root = guarded_tree["root"]
+    report = scan_dataset(root, progress=False)
+    with pytest.raises(ValueError, match="inside the input folder"):
+        quarantine(report, root / "quarantine")
+    assert (root / "happy" / "broken.jpg").exists() and not (root / "quarantine").exists()
+
+
+def test_quarantine_never_moves_through_a_linked_class_folder(guarded_tree, tmp_path):
+    root, outside = guarded_tree["root"], guarded_tree["outside"]
+    cleanup = quarantine(scan_dataset(root, progress=False), tmp_path / "aside")
+    assert sorted(p.relative_to(tmp_path / "aside").as_posix() for p in cleanup.done) == ["happy/broken.jpg", "happy/empty.png"]
+    assert (outside / "broken.jpg").read_bytes() == b"junk"
+
+
+def test_a_failed_delete_is_reported_and_the_rest_still_done(guarded_tree):
+    root = guarded_tree["root"]
+    report = scan_dataset(root, progress=False)
+    (root / "happy" / "empty.png").unlink()  # gone before the delete gets to it
+    cleanup = delete_files(report)
+    assert [p.name for p in cleanup.done] == ["broken.jpg"]
+    assert [item.path.name for item in cleanup.failed] == ["empty.png"]
+
+
+# ----------------------------------------------------------------------------
+# clean_view: what training reads
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_clean_view_holds_every_valid_image_as_its_model_input(mixed_tree, channels):
+    report = scan_dataset(mixed_tree["root"], progress=False)
+    view = clean_view(report, image_size=32, channels=channels, progress=False)
+    try:
+        assert sorted(d.name for d in view.iterdir()) == report.class_names
+        for name in report.class_names:
+            made = sorted((view / name).iterdir())
+            assert len(made) == report.counts[name] and all(p.suffix == ".png" for p in made)
+            for source, png in zip(report.files[name], made):
+                stored = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+                stored = stored[..., None] if channels == 1 else stored[..., ::-1]
+                np.testing.assert_array_equal(stored, to_model_input(read_image(source), 32, channels))
+    finally:
+        shutil.rmtree(view)
+    assert all(p.exists() for p in mixed_tree["valid"])
+
+
+def test_clean_view_applies_exif_rotation_and_cmyk_like_prediction(tmp_path):
     root = tmp_path / "data"
     (root / "a").mkdir(parents=True)
     Image.new("RGB", (16, 12), (0, 255, 255)).convert("CMYK").save(root / "a" / "cmyk.jpg", quality=95)
-    Image.new("RGB", (16, 12), (0, 255, 255)).save(root / "a" / "plain.jpg", quality=95)
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
-    Image.new("RGB", (20, 10), (255, 0, 0)).save(root / "a" / "rotated.jpg", exif=exif, quality=95)
-    report = scan_dataset(root, progress=False)
-    assert report.invalid == []
-    view = clean_view(report)
+    stored = np.zeros((10, 20, 3), np.uint8)
+    stored[:, :5] = 255
+    Image.fromarray(stored).save(root / "a" / "rotated.jpg", exif=exif, quality=95)
+    view = clean_view(scan_dataset(root, progress=False), image_size=20, channels=3, progress=False)
     try:
-        entries = sorted((root / "a").iterdir())  # cmyk, plain, rotated: files are listed sorted
-        made = sorted((view / "a").iterdir())
-        kinds = {source.name: (entry.is_symlink(), entry.suffix) for source, entry in zip(entries, made)}
-        assert kinds == {"cmyk.jpg": (False, ".png"), "plain.jpg": (True, ".jpg"), "rotated.jpg": (False, ".png")}
-        assert cv2.imread(str(made[2])).shape == read_image(entries[2]).shape == (20, 10, 3)
+        cmyk, rotated = (cv2.imread(str(p))[..., ::-1] for p in sorted((view / "a").iterdir()))
+        assert cmyk[..., 0].mean() < 15 and cmyk[..., 1].mean() > 240 and cmyk[..., 2].mean() > 240  # cyan in RGB
+        assert rotated[:4].mean() > 200 and rotated[8:].mean() < 40  # the white band ends up on top
     finally:
         shutil.rmtree(view)
+
+
+@pytest.mark.parametrize("color_mode", ["grayscale", "rgb"])
+def test_training_reads_exactly_what_prediction_feeds_the_model(tmp_path, color_mode):
+    """image_dataset_from_directory over the clean view yields to_model_input(read_image(path)) bit for bit."""
+    import keras
+
+    from conftest import FER, PHOTOS, require
+
+    sources = [sorted(require(FER / "train" / "happy").glob("*.jpg"))[0],
+               max(require(PHOTOS).glob("*.jpg"), key=lambda p: p.stat().st_size)]
+    root = tmp_path / "data"
+    for index, source in enumerate(sources):
+        (root / f"class{index}").mkdir(parents=True)
+        shutil.copy2(source, root / f"class{index}" / source.name)
+    channels = 1 if color_mode == "grayscale" else 3
+    assert max(read_image(sources[1]).shape[:2]) > 48  # the photo is really resized
+    view = clean_view(scan_dataset(root, progress=False), image_size=48, channels=channels, progress=False)
+    try:
+        dataset = keras.utils.image_dataset_from_directory(view, color_mode=color_mode, image_size=(48, 48),
+                                                           batch_size=8, shuffle=False, verbose=False)
+        images, labels = next(iter(dataset))
+    finally:
+        shutil.rmtree(view)
+    for image, label in zip(np.asarray(images), np.asarray(labels)):
+        expected = to_model_input(read_image(sources[label]), 48, channels)
+        np.testing.assert_array_equal(image, expected.astype(np.float32))
+
+
+def test_opencv_refuses_what_the_header_check_would_even_if_bypassed(tmp_path):
+    """OPENCV_IO_MAX_IMAGE_PIXELS, set by `import emorec` before OpenCV loads, is the second fence."""
+    import subprocess
+    import sys
+
+    from hostile import decompressing_png
+
+    path = tmp_path / "big.png"
+    path.write_bytes(decompressing_png(8001, 8000))  # 64,008,000 pixels: just over data.MAX_PIXELS
+    code = ("import sys, emorec, cv2, numpy as np\n"
+            "from emorec.data import MAX_PIXELS\n"
+            "try:\n"
+            "    cv2.imdecode(np.fromfile(sys.argv[1], np.uint8), cv2.IMREAD_UNCHANGED)\n"
+            "except cv2.error as error:\n"
+            "    print('refused' if 'CV_IO_MAX_IMAGE_PIXELS' in str(error) else error, MAX_PIXELS)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env.pop("OPENCV_IO_MAX_IMAGE_PIXELS", None)
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.stdout.split() == ["refused", "64000000"], done.stderr
+    assert done.stderr == ""  # OpenCV's own log lines are silenced

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from emorec.config import ARCHITECTURES
 from emorec.model import (
     BACKBONES,
     FaceAugment,
+    ModelError,
     ModelInfo,
     build_model,
     count_flops,
@@ -248,3 +252,67 @@ def test_bundled_model_loads():
     assert model.output_shape == (None, 7)
     probs = predict_probabilities(model, _pixels(2, (48, 48, 1)))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def _with_member(source: Path, target: Path, name: str, data: bytes) -> Path:
+    """A copy of the .keras zip source with member name replaced by data."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as new:
+        for item in old.infolist():
+            if item.filename != name:
+                new.writestr(item, old.read(item))
+        new.writestr(name, data)
+    return target
+
+
+@pytest.fixture(scope="module")
+def three_class_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "three.keras"
+    return save_model(build_model("seed", (48, 48, 1), 3), path, ModelInfo(class_names=["a", "b", "c"]))
+
+
+@pytest.mark.parametrize("metadata, reason", [
+    ({"class_names": ["a", "b", "c"], "image_size": "48"}, "image_size should be int"),
+    ({"class_names": "abc"}, "class_names should be list"),
+    ({"class_names": ["a", "a", "b"]}, "two or more different"),
+    ({"image_size": 48}, "no class_names"),
+    ({"class_names": ["a", "b", "c"], "color_mode": "sepia"}, "sepia"),
+    (["a", "b", "c"], "not a JSON object"),
+])
+def test_mistyped_metadata_is_one_reason(three_class_model, tmp_path, metadata, reason):
+    path = _with_member(three_class_model, tmp_path / "m.keras", "emorec.json", json.dumps(metadata).encode())
+    with pytest.raises(ModelError, match=f"m.keras: not a usable emorec model \\(.*{reason}"):
+        read_info(path)
+
+
+def test_unknown_metadata_keys_are_ignored(three_class_model, tmp_path):
+    metadata = {"class_names": ["a", "b", "c"], "made_by": "a newer emorec", "thresholds": [0.5]}
+    path = _with_member(three_class_model, tmp_path / "m.keras", "emorec.json", json.dumps(metadata).encode())
+    assert load_model(path)[1].class_names == ["a", "b", "c"]
+
+
+def test_metadata_zip_bomb_is_refused_unread(three_class_model, tmp_path):
+    padded = json.dumps({"class_names": ["a", "b", "c"]}).encode() + b" " * (64 * 2**20)  # deflates to ~64 KB
+    path = _with_member(three_class_model, tmp_path / "m.keras", "emorec.json", padded)
+    assert path.stat().st_size < three_class_model.stat().st_size + 2**20  # the member packs 64 MiB into KBs
+    with pytest.raises(ModelError, match="over the 1,048,576-byte limit"):
+        read_info(path)
+
+
+def test_fewer_class_names_than_outputs_is_refused(three_class_model, tmp_path):
+    path = _with_member(three_class_model, tmp_path / "m.keras", "emorec.json", b'{"class_names": ["a", "b", "c", "d"]}')
+    assert read_info(path).class_names == ["a", "b", "c", "d"]  # knowable only once the network is loaded
+    with pytest.raises(ModelError, match="4 class names but 3 outputs"):
+        load_model(path)
+
+
+def test_corrupt_weights_are_one_line(three_class_model, tmp_path):
+    path = _with_member(three_class_model, tmp_path / "m.keras", "model.weights.h5", b"\x89HDF\r\n\x1a\n" + b"\0" * 500)
+    with pytest.raises(ModelError, match="m.keras: not a usable emorec model") as caught:
+        load_model(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_fifo_named_keras_is_refused_without_waiting(tmp_path):
+    os.mkfifo(tmp_path / "m.keras")
+    with pytest.raises(ModelError, match="FIFO"):
+        read_info(tmp_path / "m.keras")

@@ -252,7 +252,7 @@ def test_fine_tuning_starts_from_the_saved_weights(seed_run, fer_small, tmp_path
 @pytest.mark.slow
 def test_ema_validates_and_saves_the_averaged_weights(seed_run, fer_small, tmp_path):
     common = dict(val=str(fer_small["val"]), weights=str(seed_run.best_model), optimizer="sgd", learning_rate=0.05,
-                  epochs=2)
+                  epochs=3)
     plain = train(_tiny(fer_small["train"], tmp_path / "plain", **common), progress=False)
     averaged = train(_tiny(fer_small["train"], tmp_path / "ema", ema=0.99999, **common), progress=False)
     start = load_model(seed_run.best_model)[0].trainable_weights
@@ -264,8 +264,8 @@ def test_ema_validates_and_saves_the_averaged_weights(seed_run, fer_small, tmp_p
     # With momentum ~1 the average stays at the first step's weights while the raw weights wander off.
     for run in (plain, averaged):
         assert drift(run.run_dir / "weights" / "last.keras") > 0
-    assert drift(averaged.best_model) < drift(plain.best_model) / 5
-    assert drift(averaged.run_dir / "weights" / "last.keras") < drift(plain.run_dir / "weights" / "last.keras") / 5
+    assert drift(averaged.best_model) < drift(plain.best_model) / 4
+    assert drift(averaged.run_dir / "weights" / "last.keras") < drift(plain.run_dir / "weights" / "last.keras") / 4
     # What validation scored is what was saved.
     best_epoch = read_info(averaged.best_model).extra["best_epoch"]
     assert averaged.report.accuracy == pytest.approx(averaged.history["val_accuracy"][best_epoch - 1], abs=1e-6)

@@ -7,7 +7,17 @@ runs on. Importing `emorec` itself is light; ONNX Runtime loads with a
 model, and Keras only for training and `.keras` files.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# OpenCV reads its decoder limit once, when it is loaded, so it is set here, before
+# any emorec module imports cv2: a second fence behind the header check of
+# emorec.data.read_image (64,000,000 is data.MAX_PIXELS). Its own log lines and
+# FFmpeg's would otherwise reach the terminal; emorec reports failures itself.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "64000000")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 __all__ = ["Recognizer", "__version__"]
 

@@ -24,6 +24,7 @@ from emorec.extras import MissingExtra, missing_message
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 failure, 2 usage error)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices are noise on a terminal
+    _ensure_std_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
@@ -35,17 +36,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.handler(args)
     except ConfigError as error:  # a bad option value is a usage error: exit 2, naming the option
         where = f"argument --{error.key.replace('_', '-')}: {error.problem}" if error.key else str(error)
-        print(f"emorec {args.command}: error: {where}", file=sys.stderr)
+        say(f"emorec {args.command}: error: {where}", err=True)
         return 2
     except (ValueError, FileNotFoundError, FileExistsError, MissingExtra) as error:
-        print(f"emorec {args.command}: error: {error}", file=sys.stderr)
+        say(f"emorec {args.command}: error: {error}", err=True)
         return 1
     except ModuleNotFoundError as error:  # an optional dependency of this command is not installed
-        print(f"emorec {args.command}: error: {missing_message(error.name or 'a module', 'this command')}", file=sys.stderr)
+        say(f"emorec {args.command}: error: {missing_message(error.name or 'a module', 'this command')}", err=True)
+        return 1
+    except OSError as error:  # permissions, full disks, read-only folders: one line, no traceback
+        where = f"{error.filename}: " if error.filename else ""
+        say(f"emorec {args.command}: error: {where}{error.strerror or error}", err=True)
         return 1
     except KeyboardInterrupt as stop:
-        print("interrupted", file=sys.stderr)
+        say("interrupted", err=True)
         return 143 if isinstance(stop, _Terminated) else 130
+
+
+def _ensure_std_streams() -> None:
+    """Give a closed stdout/stderr a /dev/null, and print names a terminal cannot encode as escapes.
+
+    A closed descriptor 1 or 2 would otherwise be reused by the next file
+    opened, and library messages meant for the terminal would land in it.
+    """
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            setattr(sys, name, open(fd, "w", closefd=False))
+        stream = getattr(sys, name)
+        if stream is not None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+_CONTROL = {**{c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}, 0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+
+
+def printable(text: str) -> str:
+    """text with control characters (terminal escape sequences, newlines) and undecodable name bytes escaped."""
+    text = text.translate(_CONTROL)
+    # Bytes of a file name that are not UTF-8 arrive as lone surrogates (U+DC80..U+DCFF).
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+
+
+def say(*lines: str, err: bool = False) -> None:
+    """Print each line through `printable`; a reader that went away (`| head`) ends the output, not the work."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        for line in lines:
+            print(printable(line), file=stream)
+        stream.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _one_line_warnings(command: str):
@@ -55,11 +98,26 @@ def _one_line_warnings(command: str):
 
     def show(message, category, filename, lineno, file=None, line=None):
         if Path(filename).resolve().is_relative_to(package):
-            print(f"emorec {command}: warning: {message}", file=sys.stderr)
+            say(f"emorec {command}: warning: {message}", err=True)
         else:
             default(message, category, filename, lineno, file, line)
 
     return show
+
+
+def _int_range(low: int, high: int):
+    """An argparse type for an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range [{low}, {high}]")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,26 +152,54 @@ def _add_check(commands) -> None:
 
 def _check(args) -> int:
     from emorec import data
+    from emorec.files import check_output_path
 
-    report = data.scan_dataset(args.data)
-    print(report.table())
-    if report.empty_classes:
-        print(f"class folder(s) with no valid images: {', '.join(report.empty_classes)}")
-    if not report.invalid:
-        print("all files are valid images" if report.total else "no image files found")
-        return 0 if report.total else 1
-    print(f"\n{len(report.invalid)} invalid file(s):")
-    for item in report.invalid:
-        print(f"  {item.path}: {item.reason}")
     if args.quarantine:
-        moved = data.quarantine(report, args.quarantine)
-        print(f"moved {len(moved)} file(s) to {args.quarantine}")
-    elif args.delete:
-        deleted = data.delete_files(report)
-        print(f"deleted {len(deleted)} file(s)")
+        check_output_path(args.quarantine, [args.data], folder=True)
+    report = data.scan_dataset(args.data)
+    say(*report.table().splitlines())
+    if report.empty_classes:
+        say(f"class folder(s) with no valid images: {', '.join(report.empty_classes)}")
+    if not report.invalid:
+        say("all files are valid images" if report.total else "no image files found")
     else:
-        print("nothing changed: use --quarantine DIR to move them aside or --delete to remove them")
-    return 0
+        say("", f"{len(report.invalid)} invalid file(s):")
+        for item in report.invalid:
+            say(f"  {item.path}: {item.reason}")
+    if report.documents:
+        say("", f"{len(report.documents)} file(s) that are not images, left alone:")
+        for path in report.documents:
+            say(f"  {path}")
+    cleanup = _set_aside(report, args) if report.invalid else None
+    remaining = len(report.invalid) - (len(cleanup.done) if cleanup else 0)
+    say(_check_summary(report, cleanup))
+    return 0 if report.total and remaining == 0 else 1
+
+
+def _set_aside(report, args):
+    """Quarantine or delete what the flags ask for and print what was done; None when only reporting."""
+    from emorec import data
+
+    if not (args.quarantine or args.delete):
+        say("nothing changed: use --quarantine DIR to move corrupt images aside or --delete to remove them")
+        return None
+    cleanup = data.quarantine(report, args.quarantine) if args.quarantine else data.delete_files(report)
+    for item in cleanup.left:
+        say(f"  left alone: {item.path}: {item.reason}")
+    for item in cleanup.failed:
+        say(f"  could not {'move' if args.quarantine else 'delete'}: {item.path}: {item.reason}")
+    verb = f"moved to {args.quarantine}" if args.quarantine else "deleted"
+    say(f"{len(cleanup.done)} corrupt image file(s) {verb}")
+    return cleanup
+
+
+def _check_summary(report, cleanup) -> str:
+    parts = [f"{report.total} valid image(s)", f"{len(report.invalid)} invalid"]
+    if cleanup is not None:
+        parts[-1] += f" ({len(cleanup.done)} set aside, {len(cleanup.left)} left alone, {len(cleanup.failed)} failed)"
+    if report.documents:
+        parts.append(f"{len(report.documents)} non-image file(s) left alone")
+    return "summary: " + ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------
@@ -125,7 +211,7 @@ def _add_show(commands) -> None:
     cmd = commands.add_parser("show", help="save a grid of sample images per class and a class-count chart")
     cmd.add_argument("data", help="folder with one sub-folder per class")
     cmd.add_argument("--out", default="samples.png", help="PNG for the sample grid (the chart goes to *_counts.png)")
-    cmd.add_argument("--per-class", type=int, default=8, help="samples per class (default 8)")
+    cmd.add_argument("--per-class", type=_int_range(1, 100), default=8, help="samples per class (default 8)")
     cmd.add_argument("--seed", type=int, default=0, help="which random samples to show")
     cmd.add_argument("--exist-ok", action="store_true", help="replace existing PNGs")
     cmd.set_defaults(handler=_show)
@@ -136,11 +222,13 @@ def _show(args) -> int:
 
     require("matplotlib", "this command")  # before the scan, not after it
     from emorec import data, visualize
+    from emorec.files import check_output_path
 
+    check_output_path(args.out, [args.data])
     report = data.scan_dataset(args.data)
+    data.warn_invalid(report)
     grid, counts = visualize.save_overview(report, args.out, per_class=args.per_class, seed=args.seed, overwrite=args.exist_ok)
-    print(report.table())
-    print(f"saved {grid} and {counts}")
+    say(*report.table().splitlines(), f"saved {grid} and {counts}")
     return 0
 
 
@@ -149,16 +237,18 @@ def _add_pack(commands) -> None:
     cmd.add_argument("train", help="training class folders")
     cmd.add_argument("out", help="output file ending in .npz or .npz.xz")
     cmd.add_argument("--val", help="validation class folders, stored as the 'val' split")
-    cmd.add_argument("--image-size", type=int, default=48)
+    cmd.add_argument("--image-size", type=_int_range(16, 1024), default=48, help="side of the stored images (default 48)")
     cmd.add_argument("--color-mode", choices=("grayscale", "rgb"), default="grayscale")
     cmd.set_defaults(handler=_pack)
 
 
 def _pack(args) -> int:
     from emorec import data
+    from emorec.files import check_output_path
 
     if not data.is_pack(args.out):
         raise ValueError(f"{args.out}: pack files end in .npz or .npz.xz")
+    check_output_path(args.out, [args.train] + ([args.val] if args.val else []))
     if Path(args.out).exists():
         raise FileExistsError(f"{args.out}: already exists")
     channels = 1 if args.color_mode == "grayscale" else 3
@@ -170,9 +260,9 @@ def _pack(args) -> int:
     splits = {}
     for split, report in reports.items():
         splits[split] = data.load_arrays(report, args.image_size, channels)
-        print(f"{split}: {len(splits[split])} images from {folders[split]}")
+        say(f"{split}: {len(splits[split])} images from {folders[split]}")
     path = data.save_pack(args.out, splits)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    say(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -231,12 +321,11 @@ def _train(args) -> int:
         return 143 if isinstance(stop.__cause__, _Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(f"\nrun folder: {result.run_dir}")
-    print(f"best model: {result.best_model}  (best val accuracy {result.best_val_accuracy:.4f}, {result.seconds:.0f} s)")
-    print(result.report.table())
     val = result.config.val or "TEST_DATA"
-    print(f"\nnext:\n  emorec evaluate {result.best_model} {val} --tta\n"
-          f"  emorec predict --model {result.best_model} PHOTO_OR_FOLDER_OR_VIDEO")
+    say("", f"run folder: {result.run_dir}",
+        f"best model: {result.best_model}  (best val accuracy {result.best_val_accuracy:.4f}, {result.seconds:.0f} s)",
+        *result.report.table().splitlines(), "", "next:", f"  emorec evaluate {result.best_model} {val} --tta",
+        f"  emorec predict --model {result.best_model} PHOTO_OR_FOLDER_OR_VIDEO")
     return 0
 
 
@@ -259,11 +348,10 @@ def _train_config(args, flags: dict) -> TrainConfig:
 
 def _print_interrupted(stop) -> None:
     if stop.run_dir is None:
-        print("emorec train: interrupted before the first epoch ended; nothing was kept", file=sys.stderr)
+        say("emorec train: interrupted before the first epoch ended; nothing was kept", err=True)
         return
-    print(f"emorec train: interrupted after {stop.epochs_done} completed epoch(s); best model so far: "
-          f"{stop.run_dir / 'weights' / 'best.keras'}", file=sys.stderr)
-    print(f"resume with: emorec train --resume {stop.run_dir}", file=sys.stderr)
+    say(f"emorec train: interrupted after {stop.epochs_done} completed epoch(s); best model so far: "
+        f"{stop.run_dir / 'weights' / 'best.keras'}", f"resume with: emorec train --resume {stop.run_dir}", err=True)
 
 
 # ----------------------------------------------------------------------------
@@ -289,11 +377,12 @@ def _add_tta_flag(cmd) -> None:
 
 def _evaluate(args) -> int:
     from emorec.evaluate import evaluate
-    from emorec.files import new_run_dir, to_json
+    from emorec.files import check_output_path, new_run_dir, to_json
     from emorec.runtime import model_path, read_info
 
     path = model_path(args.model)
     read_info(path)  # a missing or foreign file fails before the report folder is made
+    check_output_path(args.out or Path("runs") / "evaluate", [args.data, path], folder=True)
     made = None if args.out else new_run_dir(Path("runs") / "evaluate", path.stem)
     out = args.out or made
     try:
@@ -302,9 +391,9 @@ def _evaluate(args) -> int:
         if made is not None:  # a failed evaluation leaves no empty report folder
             shutil.rmtree(made, ignore_errors=True)
         raise
-    print(to_json(report.to_dict()) if args.json else report.table())
+    say(*(to_json(report.to_dict()) if args.json else report.table()).splitlines())
     if not args.json:
-        print(f"report and confusion matrix written to {out}")
+        say(f"report and confusion matrix written to {out}")
     return 0
 
 
@@ -331,16 +420,16 @@ def _export(args) -> int:
     if args.calibration and not args.int8:
         raise ValueError("--calibration goes with --int8 VAL")
     result = export_onnx(args.model, args.out, overwrite=args.exist_ok)
-    print(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB); on {result.check_images} check images "
+    say(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB); on {result.check_images} check images "
           f"the largest probability difference from Keras is {result.max_difference:.1e}")
     if not args.int8:
         return 0
     int8 = quantize_int8(result.path, args.int8, args.calibration, overwrite=args.exist_ok)
     figures = f"val accuracy {int8.float_accuracy:.2%} float32, {int8.int8_accuracy:.2%} int8 on {int8.images} images"
     if int8.kept:
-        print(f"wrote {int8.path} ({int8.path.stat().st_size / 2**20:.1f} MiB); {figures}")
+        say(f"wrote {int8.path} ({int8.path.stat().st_size / 2**20:.1f} MiB); {figures}")
         return 0
-    print(f"int8 copy not kept: {figures} (more than 0.2 points lower)")
+    say(f"int8 copy not kept: {figures} (more than 0.2 points lower)")
     return 1
 
 
@@ -377,17 +466,29 @@ def _predict(args) -> int:
         args.model = sources.pop(0)  # `emorec predict MODEL IMAGE...` works too
     if not sources:
         raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
-    if args.csv and Path(args.csv).exists() and not args.exist_ok:
-        raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
+    _check_predict_outputs(args, sources)
     cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
                         save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok)
     recognizer = predict.Recognizer.from_config(cfg)
     results = predict.run_predict(cfg, progress=not args.json, recognizer=recognizer)
-    print(output.results_to_json(results) if args.json else output.format_results(results))
     if args.csv:
         output.write_csv(results, args.csv, recognizer.class_names)
-        print(f"wrote {args.csv}")
+    say(*(output.results_to_json(results) if args.json else output.format_results(results)).splitlines())
+    if args.csv:
+        say(f"wrote {args.csv}")
     return 1 if any(result.error for result in results) else 0
+
+
+def _check_predict_outputs(args, sources: list[str]) -> None:
+    """--csv and --save-annotated: never an input nor inside an input folder, writable, no silent overwrite."""
+    from emorec.files import check_output_path
+
+    if args.csv:
+        check_output_path(args.csv, sources)
+        if Path(args.csv).exists() and not args.exist_ok:
+            raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
+    if args.save_annotated:
+        check_output_path(args.save_annotated, sources, folder=True)
 
 
 # ----------------------------------------------------------------------------
@@ -408,7 +509,7 @@ def _serve(args) -> int:
     from emorec.serve import serve
 
     cfg = ServeConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(ServeConfig)})
-    print(f"emorec serve: http://{cfg.host}:{cfg.port}/ (API docs at /docs); Ctrl-C stops it")
+    say(f"emorec serve: http://{cfg.host}:{cfg.port}/ (API docs at /docs); Ctrl-C stops it")
     serve(cfg)
     return 0
 

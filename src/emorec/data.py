@@ -1,35 +1,58 @@
 """Data preparation: scan class folders, validate images, set bad files aside, load.
 
 A dataset is a folder with one sub-folder per class (`happy/`, `sad/`, ...).
-`scan_dataset` checks every file twice: its extension must be an image type
-that Keras' loader reads, and the file must actually decode. Nothing is moved
-or deleted unless the caller asks (`quarantine` / `delete_files`).
+`scan_dataset` checks every file with `read_image`, the one reader that every
+command uses: a file must be a regular file of an image type, its header must
+declare a size within the limit, and it must decode. Files of other types
+(notes, README files) are listed as documents and left alone. Nothing is
+moved or deleted unless the caller asks (`quarantine` / `delete_files`), and
+then only corrupt image files inside the data folder.
 """
 
 from __future__ import annotations
 
+import io
 import lzma
 import os
+import re
 import shutil
 import tempfile
+import threading
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
+from emorec.files import InputFileError, atomic_open, check_output_path, read_limited, stat_regular
 from emorec.preprocess import to_bgr8, to_model_input
 
-# The formats keras.utils.image_dataset_from_directory decodes.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-MAX_PIXELS = 64_000_000  # larger images are refused, not decoded (decompression bombs)
+# Every extension read as an image, in folders and file lists alike. Training reads
+# them through a clean view of PNGs (`clean_view`), so TensorFlow's own list does not matter.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MAX_PIXELS = 64_000_000  # larger images are refused from their header, never decoded (decompression bombs)
+MAX_FILE_BYTES = 256 * 2**20  # a larger file is refused without being read
+# Formats as Pillow names them in a header, and the name emorec gives them (MPO: a multi-picture JPEG).
+_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP", "DIB": "BMP",
+            "TIFF": "TIFF", "WEBP": "WebP"}
+_REDUCED_JPEG = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                 8: cv2.IMREAD_REDUCED_COLOR_8}
 VIEW_PREFIX = "emorec-clean-"  # folder names of clean_view's temporary trees
 
 
 class ImageReadError(ValueError):
-    """An image file could not be read; the message names the file and the reason."""
+    """An image file could not be read; the message names the file and the reason.
+
+    corrupt is True only when the file is an image file whose content fails
+    to decode (empty, truncated, garbage): the only files `--delete` removes.
+    """
+
+    def __init__(self, message: str, corrupt: bool = False):
+        super().__init__(message)
+        self.corrupt = corrupt
 
 
 class DatasetError(ValueError):
@@ -38,19 +61,21 @@ class DatasetError(ValueError):
 
 @dataclass
 class InvalidFile:
-    """A file that failed validation and why."""
+    """A file that failed validation and why (corrupt: its content fails to decode)."""
 
     path: Path
     reason: str
+    corrupt: bool = False
 
 
 @dataclass
 class ScanReport:
-    """What `scan_dataset` found: valid files per class and invalid files."""
+    """What `scan_dataset` found: valid files per class, invalid files and documents (not images)."""
 
     root: Path
     files: dict[str, list[Path]] = field(default_factory=dict)
     invalid: list[InvalidFile] = field(default_factory=list)
+    documents: list[Path] = field(default_factory=list)
 
     @property
     def class_names(self) -> list[str]:
@@ -81,89 +106,233 @@ class ScanReport:
         return "\n".join(lines)
 
 
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+# ----------------------------------------------------------------------------
+# The one image reader
+# ----------------------------------------------------------------------------
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, reduce: bool = False) -> np.ndarray:
     """Read an image file as an 8-bit BGR array, whatever its mode.
 
     Handles grayscale, RGBA (alpha dropped), 16-bit (scaled to 8 bits), CMYK
-    JPEGs and EXIF orientation (OpenCV applies it). Raises ImageReadError with
-    a one-line message naming the file when it is missing, empty, not an
-    image, truncated or larger than max_pixels.
+    JPEGs and EXIF orientation (OpenCV applies it). The file is checked with
+    `stat` before it is opened (regular files of at most MAX_FILE_BYTES) and
+    its size is read from the header before it is decoded. An image over
+    max_pixels is refused, or with reduce=True (prediction) a JPEG is decoded
+    at 1/2, 1/4 or 1/8 of its size to fit. Raises ImageReadError with a
+    one-line message naming the file for anything that cannot be read.
     """
     path = Path(path)
-    buffer = np.frombuffer(_read_bytes(path), np.uint8)
-    if buffer[:2].tobytes() == b"\xff\xd8":
-        # JPEG: IMREAD_COLOR applies the EXIF orientation and converts CMYK.
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-        if image is not None and not _has_jpeg_end(buffer):
-            raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
-    else:
-        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-    if image is None:
-        raise ImageReadError(f"{path}: not a decodable image (corrupt, truncated or another format)")
-    height, width = image.shape[:2]
-    if height * width > max_pixels:
-        raise ImageReadError(f"{path}: {width}x{height} pixels exceeds the {max_pixels:,}-pixel limit")
-    return to_bgr8(image)
+    try:
+        data = read_limited(path, MAX_FILE_BYTES)
+    except InputFileError as error:
+        raise ImageReadError(str(error)) from None
+    kind, width, height = _header(path, data)
+    scale = _scale(path, kind, width, height, max_pixels, reduce)
+    if kind == "JPEG":
+        _check_jpeg(path, data, width, height)
+    return to_bgr8(_decode(path, data, kind, scale))
 
 
-def _has_jpeg_end(buffer: np.ndarray) -> bool:
-    # OpenCV decodes a truncated JPEG into a half-grey picture without failing;
-    # TensorFlow's decoder then refuses it mid-training. The end marker tells.
-    return buffer[-4096:].tobytes().rstrip(b"\0\r\n ").endswith(b"\xff\xd9")
+def _header(path: Path, data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) from the header alone; Pillow reads no pixels here."""
+    from PIL import Image
 
-
-def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise ImageReadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageReadError(f"{path}: is a folder, not an image")
-    data = path.read_bytes()
     if not data:
-        raise ImageReadError(f"{path}: empty file (0 bytes)")
-    return data
+        raise ImageReadError(f"{path}: empty file (0 bytes)", corrupt=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bomb and corrupt-EXIF warnings: the checks below decide
+            with Image.open(io.BytesIO(data)) as image:
+                name, (width, height) = image.format, image.size
+    except Image.DecompressionBombError as error:
+        declared = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{int(declared[1]):,}" if declared else "too many"
+        raise ImageReadError(f"{path}: header declares {pixels} pixels, over the {MAX_PIXELS:,}-pixel limit") from None
+    except Exception:  # noqa: BLE001 - Pillow's parsers raise many types on hostile bytes; all mean "unreadable"
+        other = _other_format(data)
+        if other:
+            raise ImageReadError(f"{path}: {other} file, not one of {_readable_formats()}") from None
+        raise ImageReadError(f"{path}: not a decodable image (corrupt, truncated or another format)", corrupt=True) from None
+    if name not in _FORMATS:
+        raise ImageReadError(f"{path}: a {name} image, not one of {_readable_formats()}")
+    return _FORMATS[name], width, height
+
+
+def _other_format(data: bytes) -> str | None:
+    """Image containers Pillow does not read, so that they are never taken for corrupt files."""
+    if data[4:8] == b"ftyp":
+        return "an HEIF/AVIF/MP4"
+    if data[:2] == b"\xff\x0a" or data[:12] == b"\0\0\0\x0cJXL \r\n\x87\n":
+        return "a JPEG XL"
+    return None
+
+
+def _readable_formats() -> str:
+    return ", ".join(dict.fromkeys(_FORMATS.values()))
+
+
+def _scale(path: Path, kind: str, width: int, height: int, max_pixels: int, reduce: bool) -> int:
+    """1, or the JPEG reduction (2, 4, 8) that brings an over-size photo within max_pixels."""
+    pixels = width * height
+    if pixels <= max_pixels:
+        return 1
+    if reduce and kind == "JPEG":
+        for scale in (2, 4, 8):
+            if pixels <= max_pixels * scale * scale:
+                return scale
+    raise ImageReadError(f"{path}: {width}x{height} pixels exceeds the {max_pixels:,}-pixel limit")
+
+
+def _check_jpeg(path: Path, data: bytes, width: int, height: int) -> None:
+    frame, end = _jpeg_layout(data)
+    # OpenCV decodes a truncated JPEG into a half-grey picture without failing.
+    # The end marker is looked for after the last scan, so bytes appended after it
+    # (motion photos, padding) do not count.
+    if end is None:
+        raise ImageReadError(f"{path}: truncated JPEG (its data stops before the end-of-image marker)", corrupt=True)
+    # Huffman-coded data needs at least one bit per 8x8 block: a tiny file declaring
+    # a huge frame is a decompression bomb, not a photo.
+    if frame in _HUFFMAN_FRAMES and end * 8 < ((width + 7) // 8) * ((height + 7) // 8):
+        raise ImageReadError(f"{path}: JPEG header declares {width}x{height} pixels, but the file holds only "
+                             f"{len(data):,} bytes", corrupt=True)
+
+
+_HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7)
+
+
+def _jpeg_layout(data: bytes) -> tuple[int | None, int | None]:
+    """(frame marker, offset just after the end-of-image marker that ends the last scan or None)."""
+    pos, frame, size = 2, None, len(data)
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= size:
+            return frame, None
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return frame, pos + 2
+        if marker in (0x00, 0x01, 0xFF) or 0xD0 <= marker <= 0xD8:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            frame = marker
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:
+            pos = _entropy_end(data, pos)
+
+
+def _entropy_end(data: bytes, pos: int) -> int:
+    """Offset of the first marker after entropy-coded data (0xFF00 stuffing and restart markers skipped)."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return len(data)
+        following = data[pos + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7:
+            pos += 2
+        elif following == 0xFF:
+            pos += 1
+        else:
+            return pos
+
+
+def _decode(path: Path, data: bytes, kind: str, scale: int) -> np.ndarray:
+    buffer = np.frombuffer(data, np.uint8)
+    # JPEG: IMREAD_COLOR applies the EXIF orientation and converts CMYK.
+    flags = _REDUCED_JPEG[scale] if kind == "JPEG" else cv2.IMREAD_UNCHANGED
+    try:
+        with _quiet_stderr() if kind == "JPEG" else nullcontext():
+            image = cv2.imdecode(buffer, flags)
+    except cv2.error as error:
+        raise ImageReadError(f"{path}: OpenCV cannot decode this {kind} ({_one_line(error)})") from None
+    if image is None or image.size == 0:
+        if _pillow_decodes(data):
+            raise ImageReadError(f"{path}: a {kind} variant that OpenCV cannot decode")
+        raise ImageReadError(f"{path}: not a decodable image (corrupt, truncated or another format)", corrupt=True)
+    return image
+
+
+def _pillow_decodes(data: bytes) -> bool:
+    """Whether Pillow decodes what OpenCV did not: then the file is an unsupported variant, not corrupt."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+    except Exception:  # noqa: BLE001 - any failure means the data is damaged
+        return False
+    return True
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Hide what C libraries write straight to file descriptor 2 (libjpeg's "Corrupt JPEG data" lines)."""
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to hide
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 def validate_image(path: str | Path) -> str | None:
     """Return why `path` is not a usable training image, or None if it is."""
-    path = Path(path)
+    problem = _inspect(Path(path))
+    return None if problem is None else problem.reason
+
+
+def _inspect(path: Path) -> InvalidFile | None:
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return f"extension {path.suffix or '(none)'!r} is not one of {', '.join(IMAGE_EXTENSIONS)}"
+        return InvalidFile(path, f"extension {path.suffix or '(none)'!r} is not one of {', '.join(IMAGE_EXTENSIONS)}")
     try:
         read_image(path)
     except ImageReadError as error:
-        return str(error).removeprefix(f"{path}: ")
-    return None
-
-
-def _jpeg_components(data: bytes) -> int | None:
-    """Colour components in a JPEG's frame header (1 gray, 3 YCbCr, 4 CMYK), None if not a JPEG."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    pos = 2
-    while pos + 9 < len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return data[pos + 9]
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        return InvalidFile(path, str(error).removeprefix(f"{path}: "), error.corrupt)
     return None
 
 
 def scan_dataset(root: str | Path, progress: bool = True) -> ScanReport:
-    """Walk the class folders under `root` and validate every file.
+    """Walk the class folders under `root` and validate every image file.
 
-    Raises DatasetError when root is missing or holds no class folders.
-    Hidden files (".DS_Store", ...) are ignored.
+    Files without an image extension are listed as documents. Folders that
+    cannot be listed are invalid entries. Hidden files and folders
+    (".DS_Store", ...) are ignored, and sub-folders that are symbolic links
+    are not entered. Raises DatasetError when root is missing or holds no
+    class folders.
     """
     root = Path(root)
     class_dirs = _class_dirs(root)
     report = ScanReport(root=root, files={d.name: [] for d in class_dirs})
-    candidates = [(d.name, p) for d in class_dirs for p in sorted(d.rglob("*")) if _is_visible_file(p, d)]
+    candidates = []
+    for class_dir in class_dirs:
+        for path in _walk_files(class_dir, report):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                candidates.append((class_dir.name, path))
+            else:
+                report.documents.append(path)
     for class_name, path in _progress(candidates, "checking", progress):
-        reason = validate_image(path)
-        if reason is None:
+        problem = _inspect(path)
+        if problem is None:
             report.files[class_name].append(path)
         else:
-            report.invalid.append(InvalidFile(path, reason))
+            report.invalid.append(problem)
     return report
 
 
@@ -172,15 +341,26 @@ def _class_dirs(root: Path) -> list[Path]:
         raise DatasetError(f"{root}: no such folder")
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder (expected one sub-folder per class)")
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    try:
+        dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as error:
+        raise DatasetError(f"{root}: cannot list the folder ({error.strerror or error})") from None
     if not dirs:
         raise DatasetError(f"{root}: no class folders (expected e.g. {root}/happy/, {root}/sad/)")
     return dirs
 
 
-def _is_visible_file(path: Path, top: Path) -> bool:
-    parts = path.relative_to(top).parts
-    return path.is_file() and not any(part.startswith(".") for part in parts)
+def _walk_files(top: Path, report: ScanReport) -> list[Path]:
+    """Every visible non-folder entry below top (links, FIFOs and devices included, to be refused by name)."""
+    found = []
+
+    def unlisted(error: OSError) -> None:
+        report.invalid.append(InvalidFile(Path(error.filename), f"cannot list this folder ({error.strerror or error})"))
+
+    for folder, dirs, names in os.walk(top, onerror=unlisted):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder, name) for name in names if not name.startswith(".")]
+    return sorted(found)
 
 
 def _progress(items: list, desc: str, enabled: bool) -> Iterable:
@@ -191,19 +371,40 @@ def _progress(items: list, desc: str, enabled: bool) -> Iterable:
     return tqdm(items, desc=desc, unit="file", leave=False)
 
 
-def quarantine(report: ScanReport, destination: str | Path) -> list[Path]:
-    """Move the invalid files of `report` under `destination`, keeping relative paths.
+# ----------------------------------------------------------------------------
+# Setting bad files aside
+# ----------------------------------------------------------------------------
 
-    Never overwrites: a clash gets a numbered name. Returns the new paths.
+
+@dataclass
+class Cleanup:
+    """What `delete_files` or `quarantine` did: done (deleted files or new places), left alone, failed."""
+
+    done: list[Path] = field(default_factory=list)
+    left: list[InvalidFile] = field(default_factory=list)
+    failed: list[InvalidFile] = field(default_factory=list)
+
+
+def quarantine(report: ScanReport, destination: str | Path) -> Cleanup:
+    """Move the corrupt image files of `report` under `destination`, keeping relative paths.
+
+    Only files that `_removable` allows are moved; destination must lie outside
+    the data folder (inside it would become a new class). Never overwrites: a
+    clash gets a numbered name. A file that cannot be moved is reported in
+    `failed` and the others are still moved.
     """
-    destination = Path(destination)
-    moved = []
-    for item in report.invalid:
+    destination = check_output_path(destination, [report.root], folder=True)
+    cleanup, moving = _removable(report)
+    for item in moving:
         target = _free_path(destination / item.path.relative_to(report.root))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(item.path, target)
-        moved.append(target)
-    return moved
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(item.path, target)
+        except OSError as error:
+            cleanup.failed.append(InvalidFile(item.path, error.strerror or str(error)))
+        else:
+            cleanup.done.append(target)
+    return cleanup
 
 
 def _free_path(path: Path) -> Path:
@@ -214,49 +415,78 @@ def _free_path(path: Path) -> Path:
     return candidate
 
 
-def delete_files(report: ScanReport) -> list[Path]:
-    """Delete the invalid files of `report` (only when the user asked). Returns them."""
+def delete_files(report: ScanReport) -> Cleanup:
+    """Delete the corrupt image files of `report` that `_removable` allows (only when the user asked)."""
+    cleanup, deleting = _removable(report)
+    for item in deleting:
+        try:
+            item.path.unlink()
+        except OSError as error:
+            cleanup.failed.append(InvalidFile(item.path, error.strerror or str(error)))
+        else:
+            cleanup.done.append(item.path)
+    return cleanup
+
+
+def _removable(report: ScanReport) -> tuple[Cleanup, list[InvalidFile]]:
+    """Split the invalid files into those a delete or move may touch and a Cleanup listing the rest.
+
+    Only regular files whose content fails to decode, reached without passing
+    a symbolic link, inside the resolved data folder. Valid images of other
+    formats, images over the size limit, unreadable files, links, FIFOs and
+    devices are left alone, as are documents (never in `invalid`).
+    """
+    root = report.root.resolve()
+    cleanup, allowed = Cleanup(), []
     for item in report.invalid:
-        item.path.unlink()
-    return [item.path for item in report.invalid]
+        why = _why_left_alone(item, report.root, root)
+        if why is None:
+            allowed.append(item)
+        else:
+            cleanup.left.append(InvalidFile(item.path, why))
+    return cleanup, allowed
 
 
-def clean_view(report: ScanReport, parent: str | Path | None = None) -> Path:
-    """A temporary class-folder tree of symbolic links to the valid files only.
+def _why_left_alone(item: InvalidFile, root: Path, resolved_root: Path) -> str | None:
+    if not item.corrupt:
+        return item.reason
+    expected = resolved_root / item.path.parent.relative_to(root)
+    if item.path.parent.resolve() != expected:
+        return "reached through a symbolic link to a folder outside the data folder"
+    if item.path.is_symlink():
+        return "a symbolic link, not the file itself"
+    return None
 
-    Keras' loader reads a whole folder and fails on the first bad file; this
-    lets it see only the files that passed validation, without touching the
-    user's folder. JPEGs that TensorFlow's decoder would read differently
-    from emorec's `read_image` (CMYK, which it refuses, and EXIF-rotated,
-    which it leaves unrotated) are written into the view as converted PNGs.
-    The view is made inside `parent` (default: the system's temporary
-    folder); the caller removes the returned folder when done.
+
+# ----------------------------------------------------------------------------
+# What training reads
+# ----------------------------------------------------------------------------
+
+
+def clean_view(report: ScanReport, *, image_size: int, channels: int, parent: str | Path | None = None,
+               progress: bool = True) -> Path:
+    """A temporary class-folder tree holding every valid image as the PNG the model will see.
+
+    Each file is written as `to_model_input(read_image(path), image_size,
+    channels)`, losslessly, so Keras' image_dataset_from_directory reads
+    exactly what `check` accepted and what prediction feeds the model: no
+    decoding, resizing or colour conversion of its own. The user's folder is
+    not touched. The view is made inside `parent` (default: the system's
+    temporary folder); the caller removes the returned folder when done.
     """
     view = Path(tempfile.mkdtemp(prefix=VIEW_PREFIX, dir=parent))
-    for class_name, paths in report.files.items():
-        class_dir = view / class_name
-        class_dir.mkdir()
-        for index, path in enumerate(paths):
-            if _needs_conversion(path):
-                cv2.imwrite(str(class_dir / f"{index:06d}.png"), read_image(path))
-            else:
-                os.symlink(path.resolve(), class_dir / f"{index:06d}{path.suffix.lower()}")
+    try:
+        pairs = [(name, index, path) for name in report.class_names for index, path in enumerate(report.files[name])]
+        for name in report.class_names:
+            (view / name).mkdir()
+        for name, index, path in _progress(pairs, "preparing", progress):
+            image = to_model_input(read_image(path), image_size, channels)
+            _, png = cv2.imencode(".png", image[..., ::-1] if channels == 3 else image)  # PNG stores BGR order
+            (view / name / f"{index:06d}.png").write_bytes(png.tobytes())
+    except BaseException:
+        shutil.rmtree(view, ignore_errors=True)
+        raise
     return view
-
-
-def _needs_conversion(path: Path) -> bool:
-    """True for a CMYK or EXIF-rotated JPEG (TensorFlow would fail on or misread it)."""
-    data = path.read_bytes()
-    components = _jpeg_components(data)
-    if components is None:
-        return False
-    if components == 4:
-        return True
-    if b"Exif" not in data[:65536]:
-        return False
-    buffer = np.frombuffer(data, np.uint8)
-    as_stored = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    return not np.array_equal(as_stored, cv2.imdecode(buffer, cv2.IMREAD_COLOR))
 
 
 def warn_invalid(report: ScanReport) -> None:
@@ -319,8 +549,8 @@ def check_splits(splits: dict[str, ArrayData | ScanReport], sources: dict[str, s
                                f"({sources.get(first, first)})")
 
 
-def save_pack(path: str | Path, splits: dict[str, ArrayData]) -> Path:
-    """Write splits ({"train": ..., "val": ...}) to one .npz file, xz-compressed if it ends in .xz.
+def save_pack(path: str | Path, splits: dict[str, ArrayData], overwrite: bool = False) -> Path:
+    """Write splits ({"train": ..., "val": ...}) to one .npz file (atomically), xz-compressed if it ends in .xz.
 
     Refuses (DatasetError) splits that are empty or differ in class names.
     """
@@ -330,18 +560,19 @@ def save_pack(path: str | Path, splits: dict[str, ArrayData]) -> Path:
     for split, data in splits.items():
         arrays[f"{split}_images"] = data.images
         arrays[f"{split}_labels"] = data.labels
-    tmp = path.with_name(path.name + ".part")
-    with (lzma.open(tmp, "wb", preset=6) if path.suffix == ".xz" else open(tmp, "wb")) as handle:
-        np.savez(handle, **arrays)
-    tmp.replace(path)
+    with atomic_open(path, overwrite) as handle:
+        with lzma.open(handle, "wb", preset=6) if path.suffix == ".xz" else nullcontext(handle) as stream:
+            np.savez(stream, **arrays)
     return path
 
 
 def load_pack(path: str | Path) -> dict[str, ArrayData]:
     """Read a pack written by `save_pack`: {split name: ArrayData}."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such pack file")
+    try:
+        stat_regular(path)
+    except InputFileError as error:
+        raise DatasetError(str(error).replace("no such file", "no such pack file")) from None
     with (lzma.open(path, "rb") if path.suffix == ".xz" else open(path, "rb")) as handle:
         stored = dict(np.load(handle, allow_pickle=False))
     names = [str(n) for n in stored.pop("class_names")]

@@ -1,32 +1,186 @@
-"""Safe file writes shared by the stages: atomic, and never over an existing file unless asked."""
+"""Safe file access shared by the stages.
+
+Writes are atomic, keep the umask's permissions and never replace an existing
+file unless asked. Reads of user files go through `stat_regular` first, so
+FIFOs, devices, folders and broken links are refused without being opened.
+Outputs are checked against the inputs before any work starts.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = True) -> Path:
-    """Write data to path through a temporary file and a rename, so readers never see half a file."""
+class InputFileError(ValueError):
+    """A user file that cannot be read as a regular file; the message names it and says why."""
+
+
+class OutputPathError(ValueError):
+    """An output path that would hurt an input or cannot be written; the message names it."""
+
+
+# ----------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------
+
+_NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def stat_regular(path: str | Path) -> os.stat_result:
+    """os.stat of a regular file; InputFileError for anything else (missing, link loop, folder, FIFO, device)."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise InputFileError(f"{path}: {_stat_reason(path, error)}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputFileError(f"{path}: is a folder, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = _NOT_REGULAR.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise InputFileError(f"{path}: {kind}, not a regular file (not opened)")
+    return info
+
+
+def _stat_reason(path: Path, error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if error.errno == errno.ENOENT and path.is_symlink():
+        return f"dangling symbolic link (to {os.readlink(path)})"
+    if error.errno == errno.ENOENT:
+        return "no such file"
+    return error.strerror or str(error)
+
+
+def read_limited(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most max_bytes; InputFileError otherwise (never blocks on a FIFO)."""
+    path = Path(path)
+    size = stat_regular(path).st_size
+    if size > max_bytes:
+        raise InputFileError(f"{path}: {size:,} bytes, over the {max_bytes:,}-byte limit for one file")
+    try:
+        # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open does not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise InputFileError(f"{path}: {error.strerror or error}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputFileError(f"{path}: changed into something other than a regular file while being read")
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as error:
+            raise InputFileError(f"{path}: {error.strerror or error}") from None
+    if len(data) > max_bytes:
+        raise InputFileError(f"{path}: grew over the {max_bytes:,}-byte limit while being read")
+    return data
+
+
+# ----------------------------------------------------------------------------
+# Checking outputs before the work
+# ----------------------------------------------------------------------------
+
+
+def check_output_path(path: str | Path, inputs: Iterable[str | Path] = (), folder: bool = False) -> Path:
+    """Refuse an output that is one of the inputs or lies inside an input folder, or cannot be written.
+
+    path is a file to write (folder=False) or a folder to write into
+    (folder=True). Nothing is created: the nearest existing folder is probed
+    with a temporary file. Raises OutputPathError with a one-line message.
+    """
+    path = Path(path)
+    target = path.resolve()
+    for source in map(Path, inputs):
+        resolved = source.resolve()
+        if target == resolved:
+            raise OutputPathError(f"{path}: is one of the inputs; choose another output")
+        if resolved.is_dir() and target.is_relative_to(resolved):
+            raise OutputPathError(f"{path}: lies inside the input folder {source}; choose an output outside it")
+    if path.exists() and path.is_dir() != folder:
+        raise OutputPathError(f"{path}: is {'not a folder' if folder else 'a folder, not a file'}")
+    _probe_writable(target if folder else target.parent, path)
+    return path
+
+
+def _probe_writable(folder: Path, shown: Path) -> None:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{shown}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise OutputPathError(f"{shown}: cannot write in {existing} ({error.strerror or error})") from None
+
+
+# ----------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(path: str | Path, overwrite: bool = True, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside path to write to; it replaces path when the block succeeds.
+
+    The file gets the permissions a plain open() would give (the umask's, or
+    those of the file it replaces), and is removed on any failure. suffix lets
+    writers that check the extension (Keras wants ".keras") use it.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (use --exist-ok to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())  # the rename must not reach the disk before the data (power loss)
+        os.fchmod(fd, _mode_for(path))
+        os.close(fd)
+        yield tmp
+        _fsync(tmp)  # the rename must not reach the disk before the data (power loss)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_open(path: str | Path, overwrite: bool = True) -> Iterator[Any]:
+    """A binary file handle whose content replaces path atomically when the block succeeds."""
+    with atomic_path(path, overwrite) as tmp, open(tmp, "wb") as handle:
+        yield handle
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = True) -> Path:
+    """Write data to path through a temporary file and a rename, so readers never see half a file."""
+    with atomic_open(path, overwrite) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str, overwrite: bool = True) -> Path:

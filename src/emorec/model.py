@@ -11,7 +11,6 @@ loads the file as usual, and `load_model` here returns both.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ import numpy as np
 import keras
 from keras import layers
 
+from emorec.files import atomic_path
 from emorec.runtime import BUNDLED_KERAS, METADATA_KEY, KerasModel, ModelInfo, probabilities, read_info, tta_views  # noqa: F401
 
 BUNDLED_MODEL = BUNDLED_KERAS
@@ -246,7 +246,7 @@ def load_weights_from(model: keras.Model, path: str | Path, class_names: list[st
         raise ValueError(f"{path}: a {info.arch} model for {info.input_shape} inputs cannot start a {arch} model "
                          f"for {shape} inputs (match --arch, --image-size and --color-mode)")
     same_classes = info.class_names == class_names
-    _copy_weights(keras.models.load_model(path, compile=False), model, skip=() if same_classes else ("emotion",))
+    _copy_weights(load_model(path)[0], model, skip=() if same_classes else ("emotion",))
     undone = info.extra.get("class_weights_undone")
     if same_classes and undone:
         undo_class_weights(model, [1 / weight for weight in undone])
@@ -309,15 +309,10 @@ def save_model(model: keras.Model, path: str | Path, info: ModelInfo, overwrite:
         raise ValueError(f"{path}: model files must end in .keras")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (pass overwrite=True / --exist-ok to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
+    with atomic_path(path, overwrite, suffix=".keras") as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_KEY, info.to_json())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

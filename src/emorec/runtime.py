@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ import cv2
 import numpy as np
 
 from emorec.config import tta_mode
+from emorec.files import InputFileError, stat_regular
 
 METADATA_KEY = "emorec.json"  # the .keras zip member and the ONNX metadata property
 MODELS_DIR = Path(__file__).parent / "models"
@@ -39,7 +41,7 @@ BATCH = 256  # images per forward call on long lists (bounded memory)
 
 
 class ModelError(ValueError):
-    """A model file is missing, broken, foreign, or gives unusable outputs; the message names the file."""
+    """A model file is broken or foreign ("PATH: not a usable emorec model (reason)"), or gives unusable outputs."""
 
 
 @dataclass
@@ -78,27 +80,114 @@ def model_path(path: str | Path | None) -> Path:
     return BUNDLED_ONNX if path is None else BUNDLED.get(str(path), Path(path))
 
 
+def _unusable(path: Path, reason: str) -> ModelError:
+    return ModelError(f"{path}: not a usable emorec model ({reason})")
+
+
+METADATA_LIMIT = 2**20  # bytes of emorec.json read at most: the member could be a zip bomb
+_INFO_TYPES = {"class_names": list, "image_size": int, "color_mode": str, "arch": str, "preprocessing": str, "extra": dict}
+# What a damaged or foreign zip raises while its member is read.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError)
+
+
 def read_info(path: str | Path) -> ModelInfo:
-    """The metadata of a `.keras` or `.onnx` model file, without loading its weights into a framework."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
+    """The metadata of a `.keras` or `.onnx` model file, without loading its weights into a framework.
+
+    Raises FileNotFoundError for a missing file and ModelError for anything
+    that is not an emorec model (not a zip or ONNX file, no or broken metadata).
+    """
+    path = _model_file(path)
     if path.suffix == ".onnx":
         return _session_info(path, _onnx_session(path))
     try:
         with zipfile.ZipFile(path) as archive:
-            return ModelInfo(**json.loads(archive.read(METADATA_KEY)))
+            data = _read_metadata(archive, path)
+    except ModelError:
+        raise
+    except OSError as error:
+        raise _unusable(path, error.strerror or str(error)) from None
+    except _ZIP_ERRORS:
+        raise _unusable(path, "not a .keras model file: not a readable zip archive") from None
+    return _parse_json(data, path)
+
+
+def _model_file(path: str | Path) -> Path:
+    """path, once it is known to be a regular file of a sane size (FileNotFoundError, ModelError)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        stat_regular(path)
+    except InputFileError as error:
+        raise _unusable(path, str(error).removeprefix(f"{path}: ")) from None
+    return path
+
+
+def _parse_json(data: bytes | str, path: Path) -> ModelInfo:
+    try:
+        raw = json.loads(data)
+    except ValueError:  # also UnicodeDecodeError
+        raise _unusable(path, f"{METADATA_KEY} is not valid JSON") from None
+    return parse_info(raw, path)
+
+
+def _read_metadata(archive: zipfile.ZipFile, path: Path) -> bytes:
+    try:
+        member = archive.getinfo(METADATA_KEY)
     except KeyError:
-        raise ModelError(f"{path}: a Keras model without emorec metadata (class names unknown)") from None
-    except zipfile.BadZipFile:
-        raise ModelError(f"{path}: not a .keras model file") from None
+        raise _unusable(path, "a Keras model without emorec metadata: class names unknown") from None
+    if member.file_size > METADATA_LIMIT:
+        raise _unusable(path, f"{METADATA_KEY} declares {member.file_size:,} bytes, over the {METADATA_LIMIT:,}-byte limit")
+    with archive.open(member) as handle:
+        data = handle.read(METADATA_LIMIT + 1)
+    if len(data) > METADATA_LIMIT:
+        raise _unusable(path, f"{METADATA_KEY} is over the {METADATA_LIMIT:,}-byte limit")
+    return data
+
+
+def parse_info(raw: Any, path: str | Path) -> ModelInfo:
+    """Check model metadata read from a file and build its ModelInfo (ModelError if unusable).
+
+    Unknown keys are ignored (newer versions may add some); known keys must
+    have the right types and values. Every model format calls this with the
+    dict it stored, so the rules are the same for all of them.
+    """
+    path = Path(path)
+    if not isinstance(raw, dict):
+        raise _unusable(path, "its metadata is not a JSON object")
+    known = {key: value for key, value in raw.items() if key in _INFO_TYPES}
+    if "class_names" not in known:
+        raise _unusable(path, "its metadata has no class_names")
+    for key, value in known.items():
+        expected = _INFO_TYPES[key]
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise _unusable(path, f"metadata {key} should be {expected.__name__}, not {type(value).__name__}")
+    names = known["class_names"]
+    if len(names) < 2 or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise _unusable(path, "class_names must be two or more different, non-empty names")
+    if not 8 <= known.get("image_size", 48) <= 4096:
+        raise _unusable(path, f"image_size {known['image_size']} is out of range [8, 4096]")
+    if known.get("color_mode", "grayscale") not in ("grayscale", "rgb"):
+        raise _unusable(path, f"color_mode {known['color_mode']!r} is not grayscale or rgb")
+    return ModelInfo(**known)
+
+
+def check_model_matches(info: ModelInfo, input_shape: tuple, outputs: int, path: str | Path) -> None:
+    """ModelError unless a loaded network's input shape and output count fit its metadata."""
+    expected = 1 if len(info.class_names) == 2 else len(info.class_names)
+    if outputs != expected:
+        raise _unusable(Path(path), f"{len(info.class_names)} class names but {outputs} outputs")
+    if tuple(input_shape) != info.input_shape:
+        raise _unusable(Path(path), f"its input is {tuple(input_shape)}, its metadata says {info.input_shape}")
 
 
 def _session_info(path: Path, session) -> ModelInfo:
     raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if raw is None:
-        raise ModelError(f"{path}: an ONNX model without emorec metadata (export it with `emorec export`)")
-    return ModelInfo(**json.loads(raw))
+        raise _unusable(path, "an ONNX model without emorec metadata: export it with `emorec export`")
+    info = _parse_json(raw, path)
+    check_model_matches(info, tuple(session.get_inputs()[0].shape[1:]), session.get_outputs()[0].shape[-1], path)
+    return info
 
 
 # ----------------------------------------------------------------------------
@@ -133,16 +222,14 @@ def _onnx_session(path: Path, threads: int = 0):
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types for unreadable files
         reason = " ".join(str(error).split())[:200]
-        raise ModelError(f"{path}: not a usable ONNX model ({reason})") from None
+        raise _unusable(path, f"ONNX Runtime cannot load it: {reason}") from None
 
 
 class OnnxModel:
     """A model file run by ONNX Runtime on the CPU (one session, built once)."""
 
     def __init__(self, path: str | Path, threads: int = 0):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such model file")
+        self.path = _model_file(path)
         self.session = _onnx_session(self.path, threads)
         self.info = _session_info(self.path, self.session)
         self.input_name = self.session.get_inputs()[0].name
@@ -169,7 +256,13 @@ class KerasModel:
         require("keras", ".keras models")
         import keras
 
-        return cls(keras.models.load_model(path, compile=False), info, path)
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as error:  # noqa: BLE001 - Keras raises many types for a damaged or foreign file
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            raise _unusable(path, reason) from None
+        check_model_matches(info, model.input_shape[1:], model.output_shape[-1], path)
+        return cls(model, info, path)
 
     def forward(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (N, num_classes) for float32 raw-pixel images (N, H, W, C)."""

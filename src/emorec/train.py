@@ -156,18 +156,21 @@ def _warn_overlap(train: data_lib.ScanReport, val: data_lib.ScanReport) -> None:
         warnings.warn(f"{val.root}: {shared} validation image(s) are also training images", stacklevel=3)
 
 
-def load_training_data(cfg: TrainConfig, sources: TrainingSources, workdir: Path | None = None) -> TrainingData:
+def load_training_data(cfg: TrainConfig, sources: TrainingSources, workdir: Path | None = None,
+                       progress: bool = True) -> TrainingData:
     """Checked sources as datasets or arrays; class-folder data is read through a clean view made in workdir."""
     if sources.arrays is not None:
         return _from_arrays(cfg, *sources.arrays)
-    return _from_folders(cfg, sources.reports, workdir)
+    return _from_folders(cfg, sources.reports, workdir, progress)
 
 
-def _from_folders(cfg: TrainConfig, reports: list[data_lib.ScanReport], workdir: Path | None) -> TrainingData:
+def _from_folders(cfg: TrainConfig, reports: list[data_lib.ScanReport], workdir: Path | None,
+                  progress: bool) -> TrainingData:
     views = []
     try:
         for report in reports:
-            views.append(data_lib.clean_view(report, parent=workdir))
+            views.append(data_lib.clean_view(report, parent=workdir, image_size=cfg.image_size, channels=cfg.channels,
+                                             progress=progress))
         common = dict(
             label_mode="binary" if len(reports[0].class_names) == 2 else "categorical",
             color_mode=cfg.color_mode,
@@ -501,7 +504,7 @@ def _run(cfg: TrainConfig, sources: TrainingSources, run_dir: Path, state: RunSt
     _remove(list(run_dir.glob(data_lib.VIEW_PREFIX + "*")))  # left behind by a killed process
     keras.utils.set_random_seed(cfg.seed + state.epoch)  # resumed epochs do not replay the first epochs' order
     try:
-        data = load_training_data(cfg, sources, run_dir)
+        data = load_training_data(cfg, sources, run_dir, progress)
         try:
             return _fit_and_save(cfg, data, run_dir, state, progress)
         finally:

@@ -9,6 +9,8 @@ import numpy as np
 from emorec.data import DatasetError, ScanReport, read_image
 from emorec.files import save_figure
 
+THUMBNAIL = 256  # largest side drawn per sample: a grid cell is about 150 pixels wide
+
 
 def sample_grid(report: ScanReport, per_class: int = 8, seed: int = 0):
     """A figure with one row per class and up to per_class random images in each."""
@@ -24,10 +26,21 @@ def sample_grid(report: ScanReport, per_class: int = 8, seed: int = 0):
         for col, axis in enumerate(axes[row]):
             axis.axis("off")
             if col < len(picks):
-                axis.imshow(read_image(files[picks[col]])[..., ::-1])
+                axis.imshow(_thumbnail(read_image(files[picks[col]]))[..., ::-1])
         axes[row][0].set_title(f"{name} ({len(files)})", loc="left", fontsize=9)
     figure.suptitle(f"{report.root}: {report.total} images in {len(names)} classes")
     return figure
+
+
+def _thumbnail(image: np.ndarray, side: int = THUMBNAIL) -> np.ndarray:
+    """image shrunk to fit side x side: Matplotlib would otherwise resample a large photo in float64."""
+    import cv2
+
+    scale = side / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def count_chart(report: ScanReport):
