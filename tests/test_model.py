@@ -16,10 +16,10 @@ from conftest import BUNDLED
 import keras
 
 from emorec.config import ARCHITECTURES
+from emorec.runtime import ModelError
 from emorec.model import (
     BACKBONES,
     FaceAugment,
-    ModelError,
     ModelInfo,
     build_model,
     count_flops,

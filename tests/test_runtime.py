@@ -102,7 +102,7 @@ def test_non_finite_outputs_are_refused(tmp_path):
         probabilities(load_runtime(path), _pixels(2, (48, 48, 1)))
 
 
-@pytest.mark.parametrize("content, reason", [(b"", "not a usable ONNX model"), (b"\x08\x07garbage" * 50, "not a usable ONNX model")])
+@pytest.mark.parametrize("content, reason", [(b"", "not a usable emorec model"), (b"\x08\x07garbage" * 50, "not a usable emorec model")])
 def test_broken_onnx_files_are_one_line_errors(tmp_path, content, reason):
     path = tmp_path / "broken.onnx"
     path.write_bytes(content)
