@@ -25,7 +25,6 @@ from emorec.cli import printable
 LIGHT_MIB = 600  # check, show, pack: Python, NumPy, OpenCV, Pillow, Matplotlib and one decoded image
 HEAVY_MIB = 2500  # evaluate, predict, train: TensorFlow and a model on top (a bomb decoded would be 4-8 GiB)
 FAMILIES = families()
-NOT_VALID = [f for f in FAMILIES if f.verdict != "valid"]
 
 
 @pytest.fixture(scope="module")
