@@ -100,3 +100,26 @@ def test_run_predict_reports_a_folder_without_media(untrained_model_path, tmp_pa
     results = run_predict(cfg([tmp_path / "empty"], untrained_model_path), progress=False)
     assert len(results) == 1 and "no images or videos" in results[0].error
     assert str(tmp_path / "empty") in results[0].error
+
+
+def test_same_named_videos_in_sub_folders_keep_their_own_outputs(recognizer, tmp_path):
+    folder = tmp_path / "in"
+    for sub in ("a", "b"):
+        (folder / sub).mkdir(parents=True)
+        write_video(folder / sub / "clip.avi", frames=2)
+    out = tmp_path / "out"
+    results = run_predict(cfg([folder], save_annotated=str(out)), progress=False, recognizer=recognizer)
+    assert [r.error for r in results] == [None, None]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == [
+        "a/clip.csv", "a/clip.mp4", "b/clip.csv", "b/clip.mp4"]
+
+
+def test_video_sources_that_cannot_be_opened_are_one_line_errors(recognizer, tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    results = run_predict(cfg([fifo, "99999999999"], save_annotated=str(tmp_path / "out")), progress=False,
+                          recognizer=recognizer)
+    assert "FIFO" in results[0].error and "\n" not in results[0].error  # refused, never opened (no hang)
+    assert "no such camera" in results[1].error

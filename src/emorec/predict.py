@@ -95,7 +95,7 @@ def predict_images(cfg: PredictConfig, progress: bool = True, recognizer: Recogn
     recognizer = recognizer or Recognizer.from_config(cfg)
 
     def read_and_prepare(position: int):
-        image = read_image(pairs[position][0])
+        image = read_image(pairs[position][0], reduce=True)  # a photo over the pixel limit is decoded smaller
         return (image if out_dir is not None else None), recognizer.prepare(image)
 
     results: list[ImageResult | None] = [None] * len(pairs)
@@ -157,29 +157,33 @@ def run_predict(cfg: PredictConfig, progress: bool = True, recognizer: Recognize
     """
     recognizer = recognizer or Recognizer.from_config(cfg)
     images = [s for s in cfg.sources if webcam_index(s) is None and not is_video(s)]
-    videos = [s for s in cfg.sources if webcam_index(s) is not None or is_video(s)]
-    folders = {s: list(iter_sources([s])) for s in images if Path(s).is_dir()}  # each folder walked once here
-    videos += [str(p) for files in folders.values() for p in files if is_video(p)]
+    videos = [(s, None) for s in cfg.sources if webcam_index(s) is not None or is_video(s)]
+    folders = {s: _expand([s]) for s in images if Path(s).is_dir()}  # each folder walked once here
+    videos += [(str(p), name) for pairs in folders.values() for p, name in pairs if is_video(p)]
     results = [ImageResult(str(s), error=f"{s}: no images or videos in this folder") for s, files in folders.items()
                if not files]
     if images:
         image_cfg = PredictConfig(**{**cfg.__dict__, "sources": images})
         results += predict_images(image_cfg, progress, recognizer)
-    for source in videos:
-        results.append(_run_video(source, cfg, recognizer, progress))
+    for source, name in videos:
+        results.append(_run_video(source, name, cfg, recognizer, progress))
     return results
 
 
-def video_outputs(source: str | Path, cfg: PredictConfig) -> tuple[Path, Path | None]:
-    """Where run_predict writes the CSV and (optionally) the annotated video of a source."""
+def video_outputs(source: str | Path, cfg: PredictConfig, name: Path | None = None) -> tuple[Path, Path | None]:
+    """Where run_predict writes the CSV and (optionally) the annotated video of a source.
+
+    name is the video's path below a folder source, kept so that same-named
+    videos of different sub-folders get outputs of their own.
+    """
     index = webcam_index(source)
-    stem = f"webcam{index}" if index is not None else Path(source).stem
+    stem = Path(f"webcam{index}") if index is not None else (name or Path(Path(source).name)).with_suffix("")
     folder = Path(cfg.save_annotated) if cfg.save_annotated else Path.cwd()
     return folder / f"{stem}.csv", (folder / f"{stem}.mp4" if cfg.save_annotated else None)
 
 
-def _run_video(source: str, cfg: PredictConfig, recognizer: Recognizer, progress: bool) -> ImageResult:
-    csv_path, annotated_path = video_outputs(source, cfg)
+def _run_video(source: str, name: Path | None, cfg: PredictConfig, recognizer: Recognizer, progress: bool) -> ImageResult:
+    csv_path, annotated_path = video_outputs(source, cfg, name)
     index = webcam_index(source)
     try:
         summary = predict_video(index if index is not None else source, cfg, csv_path, annotated_path, recognizer, progress)

@@ -152,5 +152,5 @@ class Recognizer:
 def to_bgr(image: str | Path | np.ndarray, rgb: bool = False) -> np.ndarray:
     """An 8-bit BGR array from a path or an array (BGR by default; rgb=True for RGB; 2-D = gray)."""
     if isinstance(image, (str, Path)):
-        return read_image(image)
+        return read_image(image, reduce=True)  # a photo over the pixel limit is decoded smaller
     return to_bgr8(image, rgb)

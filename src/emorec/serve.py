@@ -126,7 +126,7 @@ def decode_upload(name: str, payload: bytes):
         handle.write(payload)
         handle.flush()
         try:
-            return read_image(handle.name)
+            return read_image(handle.name, reduce=True)
         except ImageReadError as error:
             raise ImageReadError(str(error).replace(handle.name, name)) from None
 

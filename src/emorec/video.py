@@ -20,12 +20,13 @@ import numpy as np
 
 from emorec.config import PredictConfig
 from emorec.draw import annotate
-from emorec.files import check_targets
+from emorec.files import check_targets, stat_regular
 from emorec.pipeline import in_background, ordered_map
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, VideoSummary
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+MAX_CAMERA_INDEX = 1023
 
 
 def is_video(path: str | Path) -> bool:
@@ -120,8 +121,10 @@ def _video_loop(capture, recognizer: Recognizer, cfg: PredictConfig, summary: Vi
 def open_capture(source: str | Path | int) -> cv2.VideoCapture:
     """An opened cv2.VideoCapture for a file path or webcam index; ValueError if it cannot open."""
     index = webcam_index(source)
-    if index is None and not Path(source).is_file():
-        raise ValueError(f"{source}: no such video file")
+    if index is not None and index > MAX_CAMERA_INDEX:
+        raise ValueError(f"{source}: no such camera (camera indexes are 0 to {MAX_CAMERA_INDEX})")
+    if index is None:
+        stat_regular(source)  # a FIFO or device named .mp4 would block OpenCV's reader forever
     capture = cv2.VideoCapture(index if index is not None else str(source))
     if not capture.isOpened():
         capture.release()
