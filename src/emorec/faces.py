@@ -8,7 +8,7 @@ Two detectors, both offline with weights that come from a PyPI install:
 
 ``create_detector("auto")`` picks yunet when ``yuface`` imports, else haar.
 Measured on the 56 one-face photos in shared/data/photos (2-core CPU):
-yunet finds exactly one face in 56/56 (26 ms), haar in 50/56 (48 ms); see
+yunet finds exactly one face in 56/56 (12.5 ms), haar in 51/56 (21.2 ms); see
 benchmarks/detectors.py for the numbers.
 
 Boxes are in pixels of the original image and may reach past its edges when
