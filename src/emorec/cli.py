@@ -499,16 +499,15 @@ def _check_predict_outputs(args, sources: list[str]) -> None:
 def _add_serve(commands) -> None:
     cmd = commands.add_parser("serve", help="an HTTP API and a web page for recognizing emotions (needs emorec[serve])")
     for item in dataclasses.fields(ServeConfig):
-        kind = {"int": int, "float": float}.get(str(item.type), str)
-        cmd.add_argument("--" + item.name.replace("_", "-"), type=kind, default=item.default,
-                         help=f"{item.metadata['help']} (default: {item.default})")
+        _add_field_flag(cmd, item)
     cmd.set_defaults(handler=_serve)
 
 
 def _serve(args) -> int:
     from emorec.serve import serve
 
-    cfg = ServeConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(ServeConfig)})
+    cfg = ServeConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(ServeConfig)
+                         if hasattr(args, item.name)})
     say(f"emorec serve: http://{cfg.host}:{cfg.port}/ (API docs at /docs); Ctrl-C stops it")
     serve(cfg)
     return 0

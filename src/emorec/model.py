@@ -194,13 +194,15 @@ def build_model(
     return keras.Model(inputs, outputs, name=f"emorec_{arch}")
 
 
-def inference_copy(model: keras.Model, arch: str, dropout: float = 0.5) -> keras.Model:
+def inference_copy(model: keras.Model, arch: str, dropout: float = 0.5, into: keras.Model | None = None) -> keras.Model:
     """The same network without augmentation (in the global dtype policy, float32 by default), with model's weights.
 
     Saved models are built from standard Keras layers only, so plain
-    `keras.models.load_model` reads them without importing emorec.
+    `keras.models.load_model` reads them without importing emorec. into, an
+    earlier copy of the same model, is refreshed in place instead of building
+    the network again (saving every epoch).
     """
-    plain = build_model(arch, model.input_shape[1:], _num_classes(model), augment=False, dropout=dropout)
+    plain = into or build_model(arch, model.input_shape[1:], _num_classes(model), augment=False, dropout=dropout)
     _copy_weights(model, plain)
     return plain
 

@@ -23,7 +23,6 @@ import csv
 import importlib.util
 import io
 import json
-import os
 import shutil
 import sys
 import time
@@ -38,7 +37,7 @@ import keras
 from emorec import data as data_lib
 from emorec.config import TrainConfig, read_config_file
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
-from emorec.files import atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
+from emorec.files import atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
 from emorec.model import (ModelInfo, build_model, inference_copy, load_model, load_weights_from, model_path,
                           predict_probabilities, read_info, save_model, undo_class_weights)
 
@@ -418,14 +417,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         folder = self.run.dir / RESUME_DIR
         folder.mkdir(exist_ok=True)
         name = f"epoch-{self.state.epoch:04d}.weights.h5"
-        tmp = folder / f".{name}.{os.getpid()}.tmp.weights.h5"
-        try:
+        with atomic_path(folder / name, suffix=".weights.h5") as tmp:  # fsynced before state.json names it
             self.model.save_weights(tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())  # on disk before state.json names it (power loss)
-            os.replace(tmp, folder / name)
-        finally:
-            tmp.unlink(missing_ok=True)
         self.state.weights = name
         self.state.callbacks = {type(cb).__name__: {k: _plain(getattr(cb, k)) for k in self.STATEFUL if hasattr(cb, k)}
                                 for cb in self.others if isinstance(cb, self.COUNTED)}
@@ -524,6 +517,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, class_names: list[str], undone: list[float] | None,
                  resumed: bool):
         self.cfg, self.dir, self.class_names, self.undone = cfg, run_dir, class_names, undone
+        self.plain: keras.Model | None = None  # the saved network, built once and refreshed each epoch
         self.best_score, self.best_epoch = -np.inf, 0
         best = self.best_path
         if resumed and best.is_file():  # the best model so far says how good it was
@@ -546,8 +540,8 @@ class _Run:
             extra["class_weights_undone"] = self.undone
         info = ModelInfo(class_names=self.class_names, image_size=self.cfg.image_size, color_mode=self.cfg.color_mode,
                          arch=self.cfg.arch, extra=extra)
-        last = save_model(_for_inference(model, self.cfg, self.undone), self.dir / "weights" / "last.keras", info,
-                          overwrite=True)
+        self.plain = _for_inference(model, self.cfg, self.undone, into=self.plain)
+        last = save_model(self.plain, self.dir / "weights" / "last.keras", info, overwrite=True)
         if improved or not self.best_path.is_file():
             atomic_write_bytes(self.best_path, last.read_bytes())  # the same model: a copy is cheaper than a save
 
@@ -610,9 +604,10 @@ def _diverged_message(run_dir: Path, epoch: int) -> str:
            "A lower --learning-rate usually helps"
 
 
-def _for_inference(model: keras.Model, cfg: TrainConfig, weights: list[float] | None) -> keras.Model:
-    """The model as saved: no augmentation, float32, class weights undone at the output."""
-    plain = inference_copy(model, cfg.arch, cfg.dropout)
+def _for_inference(model: keras.Model, cfg: TrainConfig, weights: list[float] | None,
+                   into: keras.Model | None = None) -> keras.Model:
+    """The model as saved: no augmentation, float32, class weights undone at the output (into: refresh that copy)."""
+    plain = inference_copy(model, cfg.arch, cfg.dropout, into=into)
     if weights:
         undo_class_weights(plain, weights)
     return plain

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from emorec.config import PredictConfig
 from emorec.draw import annotate
-from emorec.files import check_targets, stat_regular
+from emorec.files import atomic_path, check_targets, stat_regular
 from emorec.pipeline import in_background, ordered_map
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, VideoSummary
@@ -171,15 +172,15 @@ def _count(summary: VideoSummary, faces: list[FaceResult]) -> None:
 
 
 class _CsvSink:
-    """Per-frame CSV rows, written to a temporary file and moved into place on exit."""
+    """Per-frame CSV rows, written through the atomic writer: in place on success, removed after an error."""
 
     def __init__(self, path: Path, class_names: list[str]):
         self.path, self.class_names = path, class_names
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.files = ExitStack()
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.tmp, "w", newline="")
+        tmp = self.files.enter_context(atomic_path(self.path, suffix=".csv"))
+        self.handle = self.files.enter_context(open(tmp, "w", newline=""))
         self.writer = csv.writer(self.handle)
         self.writer.writerow(["time_s", "frame", "face", "x", "y", "w", "h", *self.class_names, "emotion"])
         return self
@@ -193,11 +194,8 @@ class _CsvSink:
             probs = [f"{face.probabilities[c]:.4f}" for c in self.class_names]
             self.writer.writerow([f"{time_s:.3f}", frame, i, *box, *probs, face.emotion])
 
-    def __exit__(self, exc_type, *exc) -> None:
-        self.handle.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        self.tmp.unlink(missing_ok=True)
+    def __exit__(self, *exc) -> bool:
+        return self.files.__exit__(*exc)
 
 
 class _VideoSink:
