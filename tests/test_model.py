@@ -148,7 +148,7 @@ def test_load_weights_from_copies_everything_for_the_same_classes(tmp_path):
     trained = build_model("seed", (48, 48, 1), 3, seed=1)
     path = save_model(trained, tmp_path / "m.keras", ModelInfo(class_names=["a", "b", "c"]))
     fresh = build_model("seed", (48, 48, 1), 3, augment=True, seed=2)
-    assert load_weights_from(fresh, path, ["a", "b", "c"]) is True
+    assert load_weights_from(fresh, path, ["a", "b", "c"]) == ["a", "b", "c"]
     images = _pixels(4, (48, 48, 1))
     np.testing.assert_allclose(predict_probabilities(fresh, images), predict_probabilities(trained, images), atol=1e-6)
 
@@ -158,10 +158,25 @@ def test_load_weights_from_other_classes_keeps_a_fresh_classifier(tmp_path):
     path = save_model(trained, tmp_path / "m.keras", ModelInfo(class_names=["a", "b", "c"]))
     fresh = build_model("seed", (48, 48, 1), 3, seed=2)
     head_before = fresh.get_layer("emotion").get_weights()[0].copy()
-    assert load_weights_from(fresh, path, ["x", "y", "z"]) is False
+    assert load_weights_from(fresh, path, ["x", "y", "z"]) == []
     np.testing.assert_array_equal(fresh.get_layer("emotion").get_weights()[0], head_before)
     first_conv = [[layer for layer in model.layers if layer.weights][0] for model in (trained, fresh)]
     np.testing.assert_array_equal(first_conv[1].get_weights()[0], first_conv[0].get_weights()[0])
+
+
+def test_load_weights_from_moves_shared_classes_by_name_and_puts_their_class_weights_back(tmp_path):
+    trained = build_model("seed", (48, 48, 1), 3, seed=1)
+    kernel, bias = (w.copy() for w in trained.get_layer("emotion").get_weights())
+    undo_class_weights(trained, [2.0, 0.5, 1.0])
+    info = ModelInfo(class_names=["a", "b", "c"], extra={"class_weights_undone": [2.0, 0.5, 1.0]})
+    path = save_model(trained, tmp_path / "m.keras", info)
+    fresh = build_model("seed", (48, 48, 1), 4, seed=2)
+    new_column = fresh.get_layer("emotion").get_weights()[0][:, 1].copy()
+    assert load_weights_from(fresh, path, ["c", "new", "a", "b"]) == ["c", "a", "b"]
+    new_kernel, new_bias = fresh.get_layer("emotion").get_weights()
+    np.testing.assert_array_equal(new_kernel[:, [2, 3, 0]], kernel)
+    np.testing.assert_allclose(new_bias[[2, 3, 0]], bias, atol=1e-6)
+    np.testing.assert_array_equal(new_kernel[:, 1], new_column)
 
 
 @pytest.mark.parametrize("arch, shape", [("vgg", (48, 48, 1)), ("seed", (40, 40, 1)), ("seed", (48, 48, 3))])

@@ -147,6 +147,7 @@ def _add_check(commands) -> None:
     action = cmd.add_mutually_exclusive_group()
     action.add_argument("--quarantine", metavar="DIR", help="move invalid files into DIR (relative paths kept)")
     action.add_argument("--delete", action="store_true", help="delete invalid files (default: report only)")
+    _add_label_flags(cmd)
     cmd.set_defaults(handler=_check)
 
 
@@ -170,10 +171,22 @@ def _check(args) -> int:
         say("", f"{len(report.documents)} file(s) that are not images, left alone:")
         for path in report.documents:
             say(f"  {path}")
+    spec = _label_spec(args)
+    if spec is not None:
+        _report_labels(report, spec)
     cleanup = _set_aside(report, args) if report.invalid else None
     remaining = len(report.invalid) - (len(cleanup.done) if cleanup else 0)
     say(_check_summary(report, cleanup))
     return 0 if report.total and remaining == 0 else 1
+
+
+def _report_labels(report, spec) -> None:
+    """Print how the rows of a label file pair with the images found, and the majority labels they give."""
+    from emorec import labels
+
+    images = labels.match_images(labels.read_label_file(spec), report.root,
+                                 [path for name in report.class_names for path in report.files[name]])
+    say("", f"labels from {spec.file}:", *images.notes, *labels.summary(images))
 
 
 def _set_aside(report, args):
@@ -361,13 +374,30 @@ def _print_interrupted(stop) -> None:
 
 def _add_evaluate(commands) -> None:
     cmd = commands.add_parser("evaluate", help="metrics, confusion matrix and JSON report of a model on labelled data")
-    cmd.add_argument("model", help=".onnx or .keras model file, or \"bundled\"")
+    cmd.add_argument("model", help=".onnx or .keras model file, or a bundled model: fer2013, ferplus (\"bundled\": the default one)")
     cmd.add_argument("data", help="class folders (or a .npz pack) to evaluate on")
     cmd.add_argument("--out", default=None, help="folder for eval.json and confusion_matrix.png (default: a new runs/evaluate/<model>/)")
     _add_tta_flag(cmd)
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     cmd.add_argument("--exist-ok", action="store_true", help="replace an existing report")
+    _add_label_flags(cmd)
     cmd.set_defaults(handler=_evaluate)
+
+
+def _add_label_flags(cmd) -> None:
+    """--labels FILE and how to read its columns: the fields of TrainConfig that say so."""
+    for item in dataclasses.fields(TrainConfig):
+        if item.name in ("labels", "not_classes", "rename_classes"):
+            _add_field_flag(cmd, item)
+
+
+def _label_spec(args):
+    """The LabelSpec of the --labels flags, or None without --labels."""
+    from emorec.labels import LabelSpec
+
+    if not getattr(args, "labels", ""):
+        return None
+    return LabelSpec.parse(args.labels, getattr(args, "not_classes", ""), getattr(args, "rename_classes", ""))
 
 
 def _add_tta_flag(cmd) -> None:
@@ -386,7 +416,7 @@ def _evaluate(args) -> int:
     made = None if args.out else new_run_dir(Path("runs") / "evaluate", path.stem)
     out = args.out or made
     try:
-        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok)
+        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok, labels=_label_spec(args))
     except BaseException:
         if made is not None:  # a failed evaluation leaves no empty report folder
             shutil.rmtree(made, ignore_errors=True)
@@ -442,7 +472,8 @@ def _add_predict(commands) -> None:
     cmd = commands.add_parser("predict", help="recognize emotions in photos, folders or videos")
     cmd.add_argument("sources", nargs="*", help="images, folders (walked recursively) or video files; "
                      "a leading .onnx or .keras file is taken as --model")
-    cmd.add_argument("--model", help=".onnx or .keras model (default: the bundled FER2013 model, on ONNX Runtime)")
+    cmd.add_argument("--model", help=".onnx or .keras model, or a bundled one by name: fer2013, ferplus, "
+                     "fer2013-int8, ferplus-int8 (default: \"bundled\", the default one, on ONNX Runtime)")
     cmd.add_argument("--source", help="webcam index such as 0 (live video)")
     cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
     cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")

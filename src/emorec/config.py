@@ -18,6 +18,8 @@ COLOR_MODES = ("grayscale", "rgb")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "plateau")
 CLASS_WEIGHTS = ("none", "balanced")
+LABEL_TARGETS = ("soft", "majority")  # see emorec.labels
+LABEL_UNSURE = ("drop", "soft")
 TTA_MODES = ("none", "flip", "multi")  # test-time augmentation: see emorec.model.tta_views
 
 
@@ -59,7 +61,16 @@ class TrainConfig:
     augment: bool = _field(False, "random shifts, flips, rotation, zoom, erasing")
     class_weight: str = _field("none", "none or balanced (inverse class frequency; undone in the saved model's output)")
     dropout: float = _field(0.5, "dropout rate before the classifier")
-    weights: str = _field("", "start from this saved model ('bundled': the bundled one) to fine-tune it")
+    labels: str = _field("", "CSV of labels for the images of data (path,label rows, or one vote column per class); "
+                         "default: the folder names")
+    val_labels: str = _field("", "CSV of labels for the images of val (needed with labels and val)")
+    not_classes: str = _field("", "comma-separated vote columns of the label files that are not classes, e.g. "
+                              "unknown,NF: they count against a majority, never as a target")
+    rename_classes: str = _field("", "comma-separated COLUMN=CLASS renames for label-file classes, e.g. happiness=happy")
+    targets: str = _field("soft", "with vote columns: train on the vote distribution (soft) or the majority class")
+    unsure: str = _field("drop", "images without a majority vote: drop them, or keep them as soft targets")
+    folder_weight: float = _field(0.0, "weight a of the folder label in the targets: a * folder + (1 - a) * file labels")
+    weights: str = _field("", "start from this saved model (a bundled one by name: fer2013, ferplus) to fine-tune it")
     patience: int = _field(10, "early-stopping patience in epochs (0 disables it)")
     mixed_precision: bool = _field(False, "train in bfloat16 mixed precision (GPU); saved in float32")
     time_limit: float = _field(0.0, "stop after this many minutes, keeping the best (0: none)")
@@ -87,6 +98,18 @@ class TrainConfig:
         _check_range("patience", self.patience, 0, 10_000)
         _check_range("time_limit", self.time_limit, 0.0, 1e6)
         _check_range("warmup_epochs", self.warmup_epochs, 0, 10_000)
+        _check_choice("targets", self.targets, LABEL_TARGETS)
+        _check_choice("unsure", self.unsure, LABEL_UNSURE)
+        _check_range("folder_weight", self.folder_weight, 0.0, 1.0)
+        if self.val_labels and not self.labels:
+            raise ConfigError("val_labels needs labels for the training data too (--labels FILE)", "val_labels")
+        if self.labels and self.val and not self.val_labels:
+            raise ConfigError("with labels and a val folder, give the val folder's labels too (--val-labels FILE)",
+                              "val_labels")
+        try:
+            self.label_spec("")
+        except ValueError as error:
+            raise ConfigError(f"rename_classes: {error}", "rename_classes", str(error)) from None
         if self.val is None and self.val_split == 0.0:
             raise ConfigError("val_split=0 needs a separate validation set (--val DIR)", "val_split",
                               "0 needs a separate validation set (--val DIR)")
@@ -97,6 +120,12 @@ class TrainConfig:
     def channels(self) -> int:
         """Number of colour channels the model takes."""
         return 1 if self.color_mode == "grayscale" else 3
+
+    def label_spec(self, file: str):
+        """How to read one of this run's label files (emorec.labels.LabelSpec)."""
+        from emorec.labels import LabelSpec
+
+        return LabelSpec.parse(file, self.not_classes, self.rename_classes)
 
     @property
     def run_name(self) -> str:
@@ -116,8 +145,11 @@ class TrainConfig:
     def with_absolute_paths(self) -> "TrainConfig":
         """A copy whose data, val, weights and project paths are absolute, so the saved config replays anywhere."""
         absolute = lambda path: str(Path(path).absolute()) if path else path  # noqa: E731
-        weights = self.weights if self.weights in ("", "bundled") else absolute(self.weights)
+        from emorec.runtime import BUNDLED_NAMES
+
+        weights = self.weights if self.weights in ("", "bundled", *BUNDLED_NAMES) else absolute(self.weights)
         return dataclasses.replace(self, data=absolute(self.data), val=absolute(self.val), weights=weights,
+                                   labels=absolute(self.labels), val_labels=absolute(self.val_labels),
                                    project=absolute(self.project))
 
 
@@ -151,6 +183,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS,
     "schedule": SCHEDULES,
     "class_weight": CLASS_WEIGHTS,
+    "targets": LABEL_TARGETS,
+    "unsure": LABEL_UNSURE,
 }
 
 
@@ -208,7 +242,7 @@ class PredictConfig:
     """Everything `emorec predict` needs."""
 
     sources: list[str] = _field([], "images, folders, videos, or a webcam index")
-    model: str | None = _field(None, ".onnx or .keras file; None uses the bundled model")
+    model: str | None = _field(None, ".onnx or .keras file, or a bundled model's name (fer2013, ferplus); None: the default")
     detector: str = _field("auto", "face detector name (see emorec.faces)")
     detect: bool = _field(True, "False treats every input as an already cropped face")
     tta: str = _field("none", "test-time augmentation: none, flip (mirror) or multi (12 views)")
@@ -227,7 +261,7 @@ class PredictConfig:
 class ServeConfig:
     """Everything `emorec serve` needs."""
 
-    model: str | None = _field(None, ".onnx or .keras file; None uses the bundled model")
+    model: str | None = _field(None, ".onnx or .keras file, or a bundled model's name (fer2013, ferplus); None: the default")
     detector: str = _field("auto", "face detector name (see emorec.faces)")
     host: str = _field("127.0.0.1", "address to listen on")
     port: int = _field(8000, "TCP port")

@@ -509,14 +509,15 @@ class ArrayData:
 
 def load_arrays(report: ScanReport, image_size: int, channels: int, progress: bool = True) -> ArrayData:
     """Decode the valid files of `report` into memory, resized to image_size."""
-    images, labels = [], []
     pairs = [(label, path) for label, name in enumerate(report.class_names) for path in report.files[name]]
-    for label, path in _progress(pairs, "loading", progress):
-        images.append(to_model_input(read_image(path), image_size, channels))
-        labels.append(label)
-    shape = (0, image_size, image_size, channels)
-    stacked = np.stack(images) if images else np.zeros(shape, np.uint8)
-    return ArrayData(stacked, np.array(labels, np.int32), report.class_names)
+    images = load_images([path for _, path in pairs], image_size, channels, progress)
+    return ArrayData(images, np.array([label for label, _ in pairs], np.int32), report.class_names)
+
+
+def load_images(paths: list[Path], image_size: int, channels: int, progress: bool = True) -> np.ndarray:
+    """Decode files (already checked by scan_dataset) into one uint8 array, as the model takes them."""
+    images = [to_model_input(read_image(path), image_size, channels) for path in _progress(paths, "loading", progress)]
+    return np.stack(images) if images else np.zeros((0, image_size, image_size, channels), np.uint8)
 
 
 def fit_arrays(images: np.ndarray, size: int, channels: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from emorec import data as data_lib
 from emorec.config import tta_mode
 from emorec.extras import missing_message
 from emorec.files import save_figure, write_json
+from emorec.labels import LabelSpec, match_images, read_label_file
 from emorec.runtime import Runtime, load_runtime, probabilities
 
 PREDICT_CHUNK = 512  # images per progress step while evaluating
@@ -32,6 +33,9 @@ class EvalReport:
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     images: int
     tta: str = "none"  # test-time augmentation used: none, flip or multi
+    labels: str = "folders"  # where the true labels came from: the folder names, or a label file (its majority)
+    no_majority: int = 0  # labelled images left out of the figures above for want of a majority
+    vote_cross_entropy: float | None = None  # mean cross-entropy of the predictions against the vote distributions
 
     def to_dict(self) -> dict:
         """Plain dict, ready for JSON."""
@@ -46,6 +50,11 @@ class EvalReport:
                 f"{name:<{width}}  {self.precision[i]:9.3f}  {self.recall[i]:6.3f}  {self.f1[i]:5.3f}  {self.support[i]:7d}"
             )
         lines.append(f"accuracy {self.accuracy:.4f}   macro-F1 {self.macro_f1:.4f}   images {self.images}")
+        if self.labels != "folders":
+            lines.append(f"true labels: the majority of {self.labels}" +
+                         (f" ({self.no_majority} image(s) without one left out)" if self.no_majority else ""))
+        if self.vote_cross_entropy is not None:
+            lines.append(f"cross-entropy against the vote distributions {self.vote_cross_entropy:.4f}")
         return "\n".join(lines)
 
 
@@ -106,12 +115,26 @@ def load_eval_data(source: str | Path, class_names: list[str], image_size: int, 
     return arrays.images, remap[arrays.labels] if len(arrays) else arrays.labels
 
 
-def evaluate_model(runtime: Runtime, source: str | Path, tta: bool | str = False, progress: bool = True) -> EvalReport:
-    """Evaluate a loaded model (see emorec.runtime.load_runtime) on a class-folder tree or pack."""
+def evaluate_model(runtime: Runtime, source: str | Path, tta: bool | str = False, progress: bool = True,
+                   labels: LabelSpec | None = None) -> EvalReport:
+    """Evaluate a loaded model (see emorec.runtime.load_runtime) on a class-folder tree or pack.
+
+    With labels, the true label of an image is the majority of its row in that file
+    (images without one are left out and counted), classes are matched by name (a
+    label class the model lacks counts as an error), and vote rows also give the
+    cross-entropy of the predictions against the vote distributions.
+    """
     info = runtime.info
-    images, labels = load_eval_data(source, info.class_names, info.image_size, info.channels, progress)
-    if len(labels) == 0:
+    if labels is not None:
+        return _evaluate_on_label_file(runtime, source, tta, progress, labels)
+    images, truth = load_eval_data(source, info.class_names, info.image_size, info.channels, progress)
+    if len(truth) == 0:
         raise data_lib.DatasetError(f"{source}: no valid images to evaluate on")
+    probs = _predict(runtime, images, tta, progress)
+    return compute_metrics(truth, probs.argmax(axis=1), info.class_names, tta_mode(tta))
+
+
+def _predict(runtime: Runtime, images: np.ndarray, tta: bool | str, progress: bool) -> np.ndarray:
     from tqdm import tqdm
 
     parts = []
@@ -119,14 +142,47 @@ def evaluate_model(runtime: Runtime, source: str | Path, tta: bool | str = False
         for start in range(0, len(images), PREDICT_CHUNK):
             parts.append(probabilities(runtime, images[start:start + PREDICT_CHUNK], tta=tta))
             bar.update(len(parts[-1]))
-    probs = np.concatenate(parts)
-    return compute_metrics(labels, probs.argmax(axis=1), info.class_names, tta_mode(tta))
+    return np.concatenate(parts)
+
+
+def _evaluate_on_label_file(runtime: Runtime, source: str | Path, tta: bool | str, progress: bool,
+                            spec: LabelSpec) -> EvalReport:
+    info = runtime.info
+    report = data_lib.scan_dataset(source, progress=progress)
+    data_lib.warn_invalid(report)
+    labelled = match_images(read_label_file(spec), report.root,
+                            [path for name in report.class_names for path in report.files[name]])
+    for note in labelled.notes:
+        warnings.warn(note, stacklevel=3)
+    if not len(labelled):
+        raise data_lib.DatasetError(f"{source}: no image has a row in {spec.file}")
+    names = info.class_names + [name for name in labelled.class_names if name not in info.class_names]
+    where = np.array([names.index(name) for name in labelled.class_names])
+    images = data_lib.load_images(labelled.paths, info.image_size, info.channels, progress)
+    probs = _predict(runtime, images, tta, progress)
+    sure = labelled.majority >= 0
+    result = compute_metrics(where[labelled.majority[sure]], probs[sure].argmax(axis=1), names, tta_mode(tta))
+    result.labels, result.no_majority = str(spec.file), int((~sure).sum())
+    if read_label_file(spec).layout == "votes":
+        result.vote_cross_entropy = _vote_cross_entropy(labelled.distribution, where, probs)
+    return result
+
+
+def _vote_cross_entropy(distribution: np.ndarray, where: np.ndarray, probs: np.ndarray) -> float:
+    """Mean -sum(v log p) over the model's classes, each row's votes renormalised to the classes the model has."""
+    votes = np.zeros((len(distribution), max(probs.shape[1], where.max() + 1)), np.float64)
+    votes[:, where] = distribution
+    votes = votes[:, :probs.shape[1]]
+    mass = votes.sum(axis=1)
+    rows = mass > 0
+    votes = votes[rows] / mass[rows, None]
+    return float(-(votes * np.log(np.clip(probs[rows], 1e-7, 1.0))).sum(axis=1).mean())
 
 
 def evaluate(model_path: str | Path | None, source: str | Path, out_dir: str | Path | None = None, tta: bool | str = False,
-             progress: bool = True, overwrite: bool = False) -> EvalReport:
+             progress: bool = True, overwrite: bool = False, labels: LabelSpec | None = None) -> EvalReport:
     """Load a saved model (.onnx or .keras; None: the bundled one), evaluate it on source and, if out_dir is set, write the report and plots there."""
-    report = evaluate_model(load_runtime(model_path), source, tta=tta, progress=progress)
+    report = evaluate_model(load_runtime(model_path), source, tta=tta, progress=progress, labels=labels)
     if out_dir is not None:
         write_report(report, out_dir, overwrite=overwrite)
     return report

@@ -21,7 +21,8 @@ import keras
 from keras import layers
 
 from emorec.files import atomic_path
-from emorec.runtime import BUNDLED_KERAS, METADATA_KEY, KerasModel, ModelInfo, probabilities, read_info, tta_views  # noqa: F401
+from emorec.runtime import (BUNDLED_KERAS, METADATA_KEY, KerasModel, ModelInfo, keras_path, probabilities,  # noqa: F401
+                            read_info, tta_views)
 
 BUNDLED_MODEL = BUNDLED_KERAS
 
@@ -233,13 +234,13 @@ def _copy_weights(source: keras.Model, target: keras.Model, skip: tuple[str, ...
             to_layer.set_weights(from_layer.get_weights())
 
 
-def load_weights_from(model: keras.Model, path: str | Path, class_names: list[str]) -> bool:
+def load_weights_from(model: keras.Model, path: str | Path, class_names: list[str]) -> list[str]:
     """Copy a saved model's weights into model, built with the same architecture, to fine-tune it.
 
-    The classifier is copied only when the class names are the same; otherwise
-    it keeps its fresh initialisation. Class weights undone in the saved model
-    are put back, so training goes on from where it stopped. Returns whether
-    the classifier was copied.
+    The classifier keeps the saved weights of the classes both models name (matched
+    by name, so the order may differ); a class the saved model lacks starts from its
+    fresh initialisation. Class weights undone in the saved model are put back, so
+    training goes on from where it stopped. Returns the classes whose weights were copied.
     """
     path = model_path(path)
     info = read_info(path)
@@ -247,12 +248,24 @@ def load_weights_from(model: keras.Model, path: str | Path, class_names: list[st
     if (info.arch, info.input_shape) != (arch, shape):
         raise ValueError(f"{path}: a {info.arch} model for {info.input_shape} inputs cannot start a {arch} model "
                          f"for {shape} inputs (match --arch, --image-size and --color-mode)")
-    same_classes = info.class_names == class_names
-    _copy_weights(load_model(path)[0], model, skip=() if same_classes else ("emotion",))
+    saved = load_model(path)[0]
+    _copy_weights(saved, model, skip=("emotion",))
     undone = info.extra.get("class_weights_undone")
-    if same_classes and undone:
-        undo_class_weights(model, [1 / weight for weight in undone])
-    return same_classes
+    if undone:  # back to the logits training left, before the class weights were undone
+        undo_class_weights(saved, [1 / weight for weight in undone])
+    kernel, bias = saved.get_layer("emotion").get_weights()
+    if info.class_names == class_names:
+        model.get_layer("emotion").set_weights([kernel, bias])
+        return list(class_names)
+    if _num_classes(model) == 2 or len(info.class_names) == 2:  # a sigmoid unit has no per-class weights to move
+        return []
+    shared = [name for name in class_names if name in info.class_names]
+    new_kernel, new_bias = model.get_layer("emotion").get_weights()
+    for name in shared:
+        new_kernel[:, class_names.index(name)] = kernel[:, info.class_names.index(name)]
+        new_bias[class_names.index(name)] = bias[info.class_names.index(name)]
+    model.get_layer("emotion").set_weights([new_kernel, new_bias])
+    return shared
 
 
 def _num_classes(model: keras.Model) -> int:
@@ -319,8 +332,8 @@ def save_model(model: keras.Model, path: str | Path, info: ModelInfo, overwrite:
 
 
 def model_path(path: str | Path | None) -> Path:
-    """The `.keras` file of a model argument for training: None or "bundled" mean the bundled model."""
-    return BUNDLED_MODEL if path is None or str(path) == "bundled" else Path(path)
+    """The `.keras` file of a model argument for training: a bundled model's name, None/"bundled", or a path."""
+    return keras_path(path)
 
 
 def load_model(path: str | Path | None = None) -> tuple[keras.Model, ModelInfo]:

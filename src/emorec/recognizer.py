@@ -46,7 +46,8 @@ class Prepared:
 class Recognizer:
     """Find faces and classify their emotion with one loaded model.
 
-    model: a `.onnx` or `.keras` file saved by emorec, or None/"bundled" for the bundled model.
+    model: a `.onnx` or `.keras` file saved by emorec, a bundled model's name ("fer2013",
+        "ferplus", with "-int8" for its int8 copy), or None/"bundled" for the default one.
     detector: a name from `emorec.faces.DETECTORS` ("auto" picks the best available).
     detect: False classifies every input as one already-cropped face.
     tta: test-time augmentation: False/"none", True/"flip" (mirror) or "multi" (12 views).

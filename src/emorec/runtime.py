@@ -33,9 +33,10 @@ from emorec.files import InputFileError, stat_regular
 
 METADATA_KEY = "emorec.json"  # the .keras zip member and the ONNX metadata property
 MODELS_DIR = Path(__file__).parent / "models"
-BUNDLED_ONNX = MODELS_DIR / "emorec-fer2013.onnx"
-BUNDLED_KERAS = MODELS_DIR / "emorec-fer2013.keras"
-BUNDLED = {"bundled": BUNDLED_ONNX, "bundled-int8": MODELS_DIR / "emorec-fer2013.int8.onnx"}
+BUNDLED_NAMES = ("fer2013", "ferplus")  # models shipped in MODELS_DIR; see their model cards there
+DEFAULT_MODEL = "fer2013"  # what "bundled" (and no model at all) means
+BUNDLED_ONNX = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.onnx"
+BUNDLED_KERAS = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.keras"
 MODEL_SUFFIXES = (".onnx", ".keras")
 BATCH = 256  # images per forward call on long lists (bounded memory)
 
@@ -76,8 +77,30 @@ class ModelInfo:
 
 
 def model_path(path: str | Path | None) -> Path:
-    """The file of a model argument for inference: None or "bundled" mean the bundled ONNX model, "bundled-int8" its int8 copy."""
-    return BUNDLED_ONNX if path is None else BUNDLED.get(str(path), Path(path))
+    """The file of a model argument for inference.
+
+    A bundled model's name ("fer2013", "ferplus") means its ONNX file and NAME-int8 its
+    int8 copy; None and "bundled" mean the default model (DEFAULT_MODEL). Anything
+    else is a path.
+    """
+    name = _bundled_name(path)
+    if name is None:
+        return Path(path)
+    return MODELS_DIR / f"emorec-{name.removesuffix('-int8')}{'.int8' if name.endswith('-int8') else ''}.onnx"
+
+
+def keras_path(path: str | Path | None) -> Path:
+    """The `.keras` file of a model argument for training: a bundled model's name, None/"bundled", or a path."""
+    name = _bundled_name(path)
+    if name is None or name.endswith("-int8"):
+        return Path(path)
+    return MODELS_DIR / f"emorec-{name}.keras"
+
+
+def _bundled_name(path: str | Path | None) -> str | None:
+    text = "bundled" if path is None else str(path)
+    name = text.replace("bundled", DEFAULT_MODEL, 1) if text in ("bundled", "bundled-int8") else text
+    return name if name.removesuffix("-int8") in BUNDLED_NAMES else None
 
 
 def _unusable(path: Path, reason: str) -> ModelError:

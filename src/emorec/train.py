@@ -38,6 +38,7 @@ from emorec import data as data_lib
 from emorec.config import TrainConfig, read_config_file
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
 from emorec.files import atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
+from emorec.labels import LabelledImages, match_images, read_label_file
 from emorec.model import (ModelInfo, build_model, inference_copy, load_model, load_weights_from, model_path,
                           predict_probabilities, read_info, save_model, undo_class_weights)
 
@@ -98,10 +99,13 @@ class TrainingSources:
 
     reports: list[data_lib.ScanReport]  # [train] or [train, val]
     arrays: tuple[data_lib.ArrayData, data_lib.ArrayData] | None = None  # (train, val) from packs
+    labelled: list[LabelledImages] | None = None  # [train] or [train, val] with labels from files
 
     @property
     def class_names(self) -> list[str]:
         """The classes the model will learn, in label order."""
+        if self.labelled:
+            return self.labelled[0].class_names
         return self.arrays[0].class_names if self.arrays else self.reports[0].class_names
 
 
@@ -129,17 +133,38 @@ def check_training_data(cfg: TrainConfig, progress: bool = True) -> TrainingSour
     Warns about skipped files and about validation data that is also training data. Writes nothing.
     """
     if data_lib.is_pack(cfg.data):
+        if cfg.labels:
+            raise data_lib.DatasetError(f"{cfg.data}: labels from a file need a folder of images, not a pack")
         return TrainingSources([], _pack_arrays(cfg))
     reports = [data_lib.scan_dataset(cfg.data, progress=progress)]
     if cfg.val:
         reports.append(data_lib.scan_dataset(cfg.val, progress=progress))
-        if reports[1].class_names != reports[0].class_names:
-            raise data_lib.DatasetError(f"{cfg.val}: classes {reports[1].class_names} differ from {reports[0].class_names}")
         _warn_overlap(reports[0], reports[1])
-    _check_classes(reports[0], cfg.data)
     for report in reports:
         data_lib.warn_invalid(report)
+    if cfg.labels:
+        return TrainingSources(reports, labelled=_labelled(cfg, reports))
+    if cfg.val and reports[1].class_names != reports[0].class_names:
+        raise data_lib.DatasetError(f"{cfg.val}: classes {reports[1].class_names} differ from {reports[0].class_names}")
+    _check_classes(reports[0], cfg.data)
     return TrainingSources(reports)
+
+
+def _labelled(cfg: TrainConfig, reports: list[data_lib.ScanReport]) -> list[LabelledImages]:
+    """The images of each report paired with the rows of its label file; notes about left-out rows are warnings."""
+    labelled = []
+    for report, file in zip(reports, [cfg.labels, cfg.val_labels]):
+        images = match_images(read_label_file(cfg.label_spec(file)), report.root,
+                              [path for name in report.class_names for path in report.files[name]])
+        for note in images.notes:
+            warnings.warn(note, stacklevel=3)
+        labelled.append(images)
+    names = labelled[0].class_names
+    if len(labelled) > 1 and labelled[1].class_names != names:
+        raise data_lib.DatasetError(f"{cfg.val_labels}: classes {labelled[1].class_names} differ from {cfg.labels}'s {names}")
+    if not len(labelled[0].targets(cfg.targets, cfg.unsure)[0]):
+        raise data_lib.DatasetError(f"{cfg.labels}: no image of {cfg.data} has a usable label")
+    return labelled
 
 
 def _warn_overlap(train: data_lib.ScanReport, val: data_lib.ScanReport) -> None:
@@ -160,6 +185,8 @@ def load_training_data(cfg: TrainConfig, sources: TrainingSources, workdir: Path
     """Checked sources as datasets or arrays; class-folder data is read through a clean view made in workdir."""
     if sources.arrays is not None:
         return _from_arrays(cfg, *sources.arrays)
+    if sources.labelled is not None:
+        return _from_label_files(cfg, sources.labelled, progress)
     return _from_folders(cfg, sources.reports, workdir, progress)
 
 
@@ -237,6 +264,34 @@ def _from_arrays(cfg: TrainConfig, train: data_lib.ArrayData, val: data_lib.Arra
         class_names=train.class_names,
         class_counts=np.bincount(train.labels, minlength=num_classes).tolist(),
         steps_per_epoch=int(np.ceil(len(train) / cfg.batch_size)),
+        cleanup=[],
+    )
+
+
+def _from_label_files(cfg: TrainConfig, labelled: list[LabelledImages], progress: bool) -> TrainingData:
+    """Images in memory with their targets: file targets for training, the majority class for validation."""
+    train = labelled[0]
+    keep, targets = train.targets(cfg.targets, cfg.unsure, cfg.folder_weight)
+    images = data_lib.load_images([train.paths[i] for i in keep], cfg.image_size, cfg.channels, progress)
+    if len(labelled) > 1:
+        val = labelled[1]
+        sure = np.flatnonzero(val.majority >= 0)
+        val_images = data_lib.load_images([val.paths[i] for i in sure], cfg.image_size, cfg.channels, progress)
+        val_labels = val.majority[sure]
+    else:
+        order = np.random.default_rng(cfg.seed).permutation(len(keep))
+        cut = int(round(len(keep) * (1 - cfg.val_split)))
+        held_out = order[cut:][train.majority[keep[order[cut:]]] >= 0]  # scored on the majority, like a val file
+        val_images, val_labels = images[held_out], train.majority[keep[held_out]]
+        images, targets = images[order[:cut]], targets[order[:cut]]
+    num_classes = len(train.class_names)
+    return TrainingData(
+        train=(images, targets),
+        val=(val_images, _targets(val_labels, num_classes)),
+        val_arrays=(val_images, val_labels),
+        class_names=train.class_names,
+        class_counts=np.round(targets.sum(axis=0)).astype(int).tolist(),
+        steps_per_epoch=int(np.ceil(len(images) / cfg.batch_size)),
         cleanup=[],
     )
 
@@ -567,8 +622,11 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, state: Ru
                             augment=cfg.augment, dropout=cfg.dropout, seed=cfg.seed)
     finally:
         keras.config.set_dtype_policy("float32")
-    if cfg.weights and not state.epoch and not load_weights_from(model, cfg.weights, data.class_names):
-        warnings.warn(f"{cfg.weights}: other classes than {data.class_names}; the classifier starts afresh", stacklevel=2)
+    if cfg.weights and not state.epoch:
+        shared = load_weights_from(model, cfg.weights, data.class_names)
+        if shared != data.class_names:
+            new = [name for name in data.class_names if name not in shared]
+            warnings.warn(f"{cfg.weights}: the classifier starts afresh for {', '.join(new)}", stacklevel=2)
     model.compile(optimizer=make_optimizer(cfg, data.steps_per_epoch), loss=make_loss(cfg, num_classes),
                   metrics=["accuracy"])
     if state.epoch:
