@@ -167,6 +167,15 @@ def _check(args) -> int:
     if args.duplicates:
         return _check_duplicates(args)
     report = data.scan_dataset(args.data)
+    _say_scan(report)
+    cleanup = _set_aside(report, args) if report.invalid else None
+    remaining = len(report.invalid) - (len(cleanup.done) if cleanup else 0)
+    say(_check_summary(report, cleanup))
+    return 0 if report.total and remaining == 0 else 1
+
+
+def _say_scan(report) -> None:
+    """Print what a scan found: images per class, invalid files, files that are not images."""
     say(*report.table().splitlines())
     if report.empty_classes:
         say(f"class folder(s) with no valid images: {', '.join(report.empty_classes)}")
@@ -180,14 +189,13 @@ def _check(args) -> int:
         say("", f"{len(report.documents)} file(s) that are not images, left alone:")
         for path in report.documents:
             say(f"  {path}")
-    cleanup = _set_aside(report, args) if report.invalid else None
-    remaining = len(report.invalid) - (len(cleanup.done) if cleanup else 0)
-    say(_check_summary(report, cleanup))
-    return 0 if report.total and remaining == 0 else 1
 
 
 def _set_aside(report, args, copies=()):
-    """Quarantine or delete what the flags ask for (corrupt files, later copies) and print what was done; None when only reporting."""
+    """Quarantine or delete what the flags ask for (corrupt files, later copies) and print what was done.
+
+    Returns the Cleanup, or None when only reporting.
+    """
     cleanup = _cleanup(report, args, copies)
     if cleanup is None:
         what = "corrupt images and later copies" if copies else "corrupt images"
@@ -222,12 +230,13 @@ def _check_duplicates(args) -> int:
         cleanup = _cleanup(report, args, copies)
         payload = {"invalid": _reasons(item for scan in found.scans for item in scan.invalid), **found.to_dict()}
         if cleanup is not None:
-            payload["set_aside"] = {"done": cleanup.done, "left": _reasons(cleanup.left), "failed": _reasons(cleanup.failed)}
+            payload["set_aside"] = {"done": cleanup.done, "left": _reasons(cleanup.left),
+                                    "failed": _reasons(cleanup.failed)}
         say(*to_json(payload).splitlines())
     else:
-        say(*report.table().splitlines())
-        for scan in found.scans:
-            say(f"{scan.root}: {scan.total} valid image(s), {len(scan.invalid)} invalid")
+        _say_scan(report)
+        for scan in found.scans[1:]:
+            say(f"against {scan.root}: {scan.total} valid image(s), {len(scan.invalid)} invalid")
             say(*(f"  {item.path}: {item.reason}" for item in scan.invalid))
         say("", *found.lines())
         cleanup = _set_aside(report, args, copies) if report.invalid or copies else None

@@ -200,7 +200,9 @@ def find_duplicates(data: str | Path, against: Sequence[str | Path] = (), progre
     scans = [scan_dataset(folder, progress, on_image=reader) for folder in folders]
     entries = [Entry(path, label, k) for k, scan in enumerate(scans)
                for label in scan.class_names for path in scan.files[label]]
-    thumbs = np.stack([reader.thumbs[e.path] for e in entries]) if entries else np.zeros((0, THUMB_SIDE, THUMB_SIDE), np.uint8)
+    thumbs = np.zeros((len(entries), THUMB_SIDE, THUMB_SIDE), np.uint8)
+    for i, entry in enumerate(entries):
+        thumbs[i] = reader.thumbs.pop(entry.path)
     blank = thumbs.reshape(len(entries), -1).std(axis=1) < BLANK_STD
     compared = np.flatnonzero(~blank)
     pairs = matching_pairs(thumbs[compared], progress)
