@@ -125,29 +125,38 @@ class DuplicateReport:
         pairs, files = self.cross_folder(folder)
         return {"folder": str(self.scans[folder].root), "pairs": pairs, "files_with_a_copy_in_data": files}
 
-    def lines(self, shown: int = 10) -> list[str]:
-        """A short readable report: the counts, then the first `shown` groups."""
-        found = self.to_dict()
-        lines = [f"duplicates: {found['groups']} group(s) holding {found['files_in_groups']} files, "
-                 f"{len(found['conflicting_labels'])} with conflicting labels; "
-                 f"{len(found['later_copies'])} later copies in {self.scans[0].root}"]
-        for item in found["cross_folder"]:
-            lines.append(f"  against {item['folder']}: {item['pairs']} pair(s) of copies, "
-                         f"{item['files_with_a_copy_in_data']} of its files have a copy in {self.scans[0].root}")
+    def lines(self, shown: int = 5) -> list[str]:
+        """A short readable report: the counts, then the first `shown` groups and blank or faceless images."""
+        data = self.scans[0].root
+        lines = [f"duplicates: {len(self.groups)} group(s) of copies holding {sum(map(len, self.groups))} files",
+                 f"  {len(self.conflicting)} group(s) with conflicting labels (copies in different class folders)",
+                 f"  {len(self.later_copies())} later copies in {data} (what --quarantine or --delete sets aside)"]
+        for k in range(1, len(self.scans)):
+            pairs, files = self.cross_folder(k)
+            lines.append(f"  against {self.scans[k].root}: {pairs} pair(s) of copies; {files} of its "
+                         f"{self.scans[k].total} images have a copy in {data}")
+        conflicting = set(self.conflicting)
+        for i, group in enumerate(self.groups[:shown]):
+            labels = "/".join(sorted({e.label for e in group}))
+            names = [self._short(e) for e in group[:4]] + ([f"+{len(group) - 4} more"] if len(group) > 4 else [])
+            lines.append(f"  {i + 1}. {labels}{' (conflicting)' if i in conflicting else ''}: {', '.join(names)}")
+        if len(self.groups) > shown:
+            lines.append(f"  ... {len(self.groups) - shown} more group(s): --json lists them all")
         lines.append(f"blank images: {len(self.blank)}")
         lines += [f"  {e.path}" for e in self.blank[:shown]]
-        lines.append(f"no face found: {len(self.no_face)} of the {self.face_checked} image(s) of at least "
-                     f"{FACE_MIN_SIDE} px (smaller ones count as face crops)")
-        lines += [f"  {e.path}" for e in self.no_face[:shown]]
-        if self.groups:
-            conflicting = set(self.conflicting)
-            lines.append(f"first {min(shown, len(self.groups))} group(s), first file kept (all of them: --json):")
-            for i, group in enumerate(self.groups[:shown]):
-                labels = "/".join(sorted({e.label for e in group}))
-                mark = "conflicting labels " if i in conflicting else ""
-                lines.append(f"  {i + 1}. {mark}[{labels}] " + "  ".join(str(e.path) for e in group))
+        if self.face_checked:
+            lines.append(f"no face found: {len(self.no_face)} of the {self.face_checked} image(s) of at least "
+                         f"{FACE_MIN_SIDE} px")
+            lines += [f"  {e.path}" for e in self.no_face[:shown]]
+        else:
+            lines.append(f"no face search: no image is {FACE_MIN_SIDE} px or larger (smaller ones count as face crops)")
         lines.append(f"compared in {self.seconds:.1f} s")
         return lines
+
+    def _short(self, entry: Entry) -> str:
+        """The path below its folder, prefixed with the folder's name for --against folders."""
+        relative = entry.path.relative_to(self.scans[entry.folder].root).as_posix()
+        return f"{self.scans[entry.folder].root.name}:{relative}" if entry.folder else relative
 
     def copies_as_invalid(self) -> list[InvalidFile]:
         """The later copies in the form `data.quarantine` and `data.delete_files` take as extra files."""
