@@ -187,3 +187,11 @@ def test_check_against_the_same_folder_is_a_one_line_error(split_pair, capsys):
 def test_check_json_and_against_need_duplicates(split_pair, flags, capsys):
     assert main(["check", str(split_pair["train"]), *flags]) == 2
     assert "go with --duplicates" in capsys.readouterr().err
+
+
+def test_check_duplicates_on_a_folder_without_images(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    assert main(["check", str(tmp_path), "--duplicates"]) == 1
+    captured = capsys.readouterr()
+    assert "no image files found" in captured.out and "duplicates: 0 group(s)" in captured.out
+    assert "error" not in captured.err

@@ -221,7 +221,7 @@ def find_duplicates(data: str | Path, against: Sequence[str | Path] = (), progre
     thumbs = np.zeros((len(entries), THUMB_SIDE, THUMB_SIDE), np.uint8)
     for i, entry in enumerate(entries):
         thumbs[i] = reader.thumbs.pop(entry.path)
-    blank = thumbs.reshape(len(entries), -1).std(axis=1) < BLANK_STD
+    blank = thumbs.reshape(len(entries), THUMB_SIDE * THUMB_SIDE).std(axis=1) < BLANK_STD
     compared = np.flatnonzero(~blank)
     pairs = matching_pairs(thumbs[compared], progress)
     groups = [[entries[compared[i]] for i in group] for group in group_pairs(pairs, len(compared))]
@@ -285,6 +285,8 @@ def rank_vectors(ranks: np.ndarray) -> np.ndarray:
 
 def matching_pairs(thumbs: np.ndarray, progress: bool = False) -> np.ndarray:
     """(M, 2) index pairs i < j of thumbnails that are copies of each other (hash candidates, then confirmed)."""
+    if len(thumbs) < 2:
+        return np.zeros((0, 2), np.intp)
     ranks = rank_images(thumbs)
     candidates = _hash_candidates(perceptual_hashes(ranks), progress)
     if not len(candidates):
