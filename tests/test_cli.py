@@ -156,6 +156,19 @@ def test_check_quarantine_and_delete_are_exclusive(small_tree, tmp_path):
     assert (small_tree / "sad" / "broken.jpg").exists()
 
 
+def test_check_duplicates_reports_copies_and_changes_nothing(small_tree, capsys):
+    copy = write_image(small_tree / "sad" / "copy.jpg", face_like(0))  # h0.png re-encoded, in another class
+    assert main(["check", str(small_tree), "--duplicates"]) == 1
+    out = capsys.readouterr().out
+    assert "duplicates: 1 group(s) of copies holding 2 files" in out
+    assert "  1 group(s) with conflicting labels" in out and f"  1 later copies in {small_tree}" in out
+    assert "  1. happy/sad (conflicting): happy/h0.png, sad/copy.jpg" in out
+    assert "blank images: 0" in out and "broken.jpg: not a decodable image" in out
+    assert out.splitlines()[-1] == ("summary: 7 valid image(s), 1 invalid, 1 non-image file(s) left alone, "
+                                    "1 group(s) of copies, 0 blank, 0 without a face")
+    assert copy.exists() and (small_tree / "sad" / "broken.jpg").exists()
+
+
 def test_check_missing_folder_is_a_one_line_error(tmp_path, capsys):
     missing = tmp_path / "no_such_dataset"
     assert main(["check", str(missing)]) == 1

@@ -147,6 +147,12 @@ def _add_check(commands) -> None:
     action = cmd.add_mutually_exclusive_group()
     action.add_argument("--quarantine", metavar="DIR", help="move invalid files into DIR (relative paths kept)")
     action.add_argument("--delete", action="store_true", help="delete invalid files (default: report only)")
+    cmd.add_argument("--duplicates", action="store_true", help="also find copies of images (re-encoded, resized, "
+                     "contrast-changed), blank images and large images without a face; with --quarantine or "
+                     "--delete, the later copies in DATA are set aside too")
+    cmd.add_argument("--against", nargs="+", default=[], metavar="OTHER", help="with --duplicates: class folders "
+                     "(e.g. the test split) to look for copies of DATA's images in; never changed")
+    cmd.add_argument("--json", action="store_true", help="with --duplicates: print one JSON object instead of text")
     _add_label_flags(cmd)
     cmd.set_defaults(handler=_check)
 
@@ -155,9 +161,25 @@ def _check(args) -> int:
     from emorec import data
     from emorec.files import check_output_path
 
+    if (args.against or args.json) and not args.duplicates:
+        raise ConfigError("--against and --json go with --duplicates")
     if args.quarantine:
-        check_output_path(args.quarantine, [args.data], folder=True)
+        check_output_path(args.quarantine, [args.data, *args.against], folder=True)
+    if args.duplicates:
+        return _check_duplicates(args)
     report = data.scan_dataset(args.data)
+    _say_scan(report)
+    spec = _label_spec(args)
+    if spec is not None:
+        _report_labels(report, spec)
+    cleanup = _set_aside(report, args) if report.invalid else None
+    remaining = len(report.invalid) - (len(cleanup.done) if cleanup else 0)
+    say(_check_summary(report, cleanup))
+    return 0 if report.total and remaining == 0 else 1
+
+
+def _say_scan(report) -> None:
+    """Print what a scan found: images per class, invalid files, files that are not images."""
     say(*report.table().splitlines())
     if report.empty_classes:
         say(f"class folder(s) with no valid images: {', '.join(report.empty_classes)}")
@@ -171,13 +193,6 @@ def _check(args) -> int:
         say("", f"{len(report.documents)} file(s) that are not images, left alone:")
         for path in report.documents:
             say(f"  {path}")
-    spec = _label_spec(args)
-    if spec is not None:
-        _report_labels(report, spec)
-    cleanup = _set_aside(report, args) if report.invalid else None
-    remaining = len(report.invalid) - (len(cleanup.done) if cleanup else 0)
-    say(_check_summary(report, cleanup))
-    return 0 if report.total and remaining == 0 else 1
 
 
 def _report_labels(report, spec) -> None:
@@ -189,21 +204,63 @@ def _report_labels(report, spec) -> None:
     say("", f"labels from {spec.file}:", *images.notes, *labels.summary(images))
 
 
-def _set_aside(report, args):
-    """Quarantine or delete what the flags ask for and print what was done; None when only reporting."""
-    from emorec import data
+def _set_aside(report, args, copies=()):
+    """Quarantine or delete what the flags ask for (corrupt files, later copies) and print what was done.
 
-    if not (args.quarantine or args.delete):
-        say("nothing changed: use --quarantine DIR to move corrupt images aside or --delete to remove them")
+    Returns the Cleanup, or None when only reporting.
+    """
+    cleanup = _cleanup(report, args, copies)
+    if cleanup is None:
+        what = "corrupt images and later copies" if copies else "corrupt images"
+        say(f"nothing changed: use --quarantine DIR to move {what} aside or --delete to remove them")
         return None
-    cleanup = data.quarantine(report, args.quarantine) if args.quarantine else data.delete_files(report)
     for item in cleanup.left:
         say(f"  left alone: {item.path}: {item.reason}")
     for item in cleanup.failed:
         say(f"  could not {'move' if args.quarantine else 'delete'}: {item.path}: {item.reason}")
     verb = f"moved to {args.quarantine}" if args.quarantine else "deleted"
-    say(f"{len(cleanup.done)} corrupt image file(s) {verb}")
+    say(f"{len(cleanup.done)} {'file(s)' if copies else 'corrupt image file(s)'} {verb}")
     return cleanup
+
+
+def _cleanup(report, args, copies=()):
+    """Quarantine or delete the invalid files of report and the copies, as the flags ask; None when only reporting."""
+    from emorec import data
+
+    if args.quarantine:
+        return data.quarantine(report, args.quarantine, copies)
+    return data.delete_files(report, copies) if args.delete else None
+
+
+def _check_duplicates(args) -> int:
+    """check --duplicates: the scan, then copies, blank and faceless images; exits 1 when anything was found."""
+    from emorec.duplicates import find_duplicates
+    from emorec.files import to_json
+
+    found = find_duplicates(args.data, args.against)
+    report, copies = found.scans[0], found.copies_as_invalid()
+    if args.json:
+        cleanup = _cleanup(report, args, copies)
+        payload = {"invalid": _reasons(item for scan in found.scans for item in scan.invalid), **found.to_dict()}
+        if cleanup is not None:
+            payload["set_aside"] = {"done": cleanup.done, "left": _reasons(cleanup.left),
+                                    "failed": _reasons(cleanup.failed)}
+        say(*to_json(payload).splitlines())
+    else:
+        _say_scan(report)
+        for scan in found.scans[1:]:
+            say(f"against {scan.root}: {scan.total} valid image(s), {len(scan.invalid)} invalid")
+            say(*(f"  {item.path}: {item.reason}" for item in scan.invalid))
+        say("", *found.lines())
+        cleanup = _set_aside(report, args, copies) if report.invalid or copies else None
+        say(_check_summary(report, cleanup) + f", {len(found.groups)} group(s) of copies, {len(found.blank)} blank, "
+            f"{len(found.no_face)} without a face")
+    problems = [found.groups, found.blank, found.no_face, *(scan.invalid for scan in found.scans)]
+    return 0 if report.total and not any(problems) else 1
+
+
+def _reasons(items) -> list[dict[str, str]]:
+    return [{"path": str(item.path), "reason": item.reason} for item in items]
 
 
 def _check_summary(report, cleanup) -> str:

@@ -22,7 +22,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -298,24 +298,28 @@ def validate_image(path: str | Path) -> str | None:
     return None if problem is None else problem.reason
 
 
-def _inspect(path: Path) -> InvalidFile | None:
+def _inspect(path: Path, on_image: Callable[[Path, np.ndarray], None] | None = None) -> InvalidFile | None:
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return InvalidFile(path, f"extension {path.suffix or '(none)'!r} is not one of {', '.join(IMAGE_EXTENSIONS)}")
     try:
-        read_image(path)
+        image = read_image(path)
     except ImageReadError as error:
         return InvalidFile(path, str(error).removeprefix(f"{path}: "), error.corrupt)
+    if on_image is not None:
+        on_image(path, image)
     return None
 
 
-def scan_dataset(root: str | Path, progress: bool = True) -> ScanReport:
+def scan_dataset(root: str | Path, progress: bool = True,
+                 on_image: Callable[[Path, np.ndarray], None] | None = None) -> ScanReport:
     """Walk the class folders under `root` and validate every image file.
 
     Files without an image extension are listed as documents. Folders that
     cannot be listed are invalid entries. Hidden files and folders
     (".DS_Store", ...) are ignored, and sub-folders that are symbolic links
-    are not entered. Raises DatasetError when root is missing or holds no
-    class folders.
+    are not entered. on_image(path, bgr) is called with every valid image as
+    it is decoded, so callers that need the pixels read each file once.
+    Raises DatasetError when root is missing or holds no class folders.
     """
     root = Path(root)
     class_dirs = _class_dirs(root)
@@ -328,7 +332,7 @@ def scan_dataset(root: str | Path, progress: bool = True) -> ScanReport:
             else:
                 report.documents.append(path)
     for class_name, path in _progress(candidates, "checking", progress):
-        problem = _inspect(path)
+        problem = _inspect(path, on_image)
         if problem is None:
             report.files[class_name].append(path)
         else:
@@ -385,16 +389,18 @@ class Cleanup:
     failed: list[InvalidFile] = field(default_factory=list)
 
 
-def quarantine(report: ScanReport, destination: str | Path) -> Cleanup:
+def quarantine(report: ScanReport, destination: str | Path, extra: Sequence[InvalidFile] = ()) -> Cleanup:
     """Move the corrupt image files of `report` under `destination`, keeping relative paths.
 
+    extra: valid files of the data folder that the caller also sets aside
+    (with the reason), e.g. later copies of duplicate images.
     Only files that `_removable` allows are moved; destination must lie outside
     the data folder (inside it would become a new class). Never overwrites: a
     clash gets a numbered name. A file that cannot be moved is reported in
     `failed` and the others are still moved.
     """
     destination = check_output_path(destination, [report.root], folder=True)
-    cleanup, moving = _removable(report)
+    cleanup, moving = _removable(report, extra)
     for item in moving:
         target = _free_path(destination / item.path.relative_to(report.root))
         try:
@@ -415,9 +421,9 @@ def _free_path(path: Path) -> Path:
     return candidate
 
 
-def delete_files(report: ScanReport) -> Cleanup:
-    """Delete the corrupt image files of `report` that `_removable` allows (only when the user asked)."""
-    cleanup, deleting = _removable(report)
+def delete_files(report: ScanReport, extra: Sequence[InvalidFile] = ()) -> Cleanup:
+    """Delete the corrupt image files of `report`, and `extra` as in `quarantine`, that `_removable` allows."""
+    cleanup, deleting = _removable(report, extra)
     for item in deleting:
         try:
             item.path.unlink()
@@ -428,17 +434,18 @@ def delete_files(report: ScanReport) -> Cleanup:
     return cleanup
 
 
-def _removable(report: ScanReport) -> tuple[Cleanup, list[InvalidFile]]:
-    """Split the invalid files into those a delete or move may touch and a Cleanup listing the rest.
+def _removable(report: ScanReport, extra: Sequence[InvalidFile] = ()) -> tuple[Cleanup, list[InvalidFile]]:
+    """Split the invalid files (and extra) into those a delete or move may touch and a Cleanup listing the rest.
 
-    Only regular files whose content fails to decode, reached without passing
-    a symbolic link, inside the resolved data folder. Valid images of other
-    formats, images over the size limit, unreadable files, links, FIFOs and
-    devices are left alone, as are documents (never in `invalid`).
+    Only regular files whose content fails to decode (or that the caller
+    named in extra), reached without passing a symbolic link, inside the
+    resolved data folder. Valid images of other formats, images over the size
+    limit, unreadable files, links, FIFOs and devices are left alone, as are
+    documents (never in `invalid`).
     """
     root = report.root.resolve()
     cleanup, allowed = Cleanup(), []
-    for item in report.invalid:
+    for item in [*report.invalid, *(InvalidFile(e.path, e.reason, corrupt=True) for e in extra)]:
         why = _why_left_alone(item, report.root, root)
         if why is None:
             allowed.append(item)

@@ -1,0 +1,197 @@
+"""Duplicate, blank and faceless images (emorec.duplicates and `emorec check --duplicates`), on real FER2013 faces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import FER, PHOTOS, PHOTO_NAMES, copy_fer_subset, require, write_image
+
+from emorec.cli import main
+from emorec.duplicates import find_duplicates, group_pairs
+
+CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+
+def _lut(gray: np.ndarray, curve) -> np.ndarray:
+    return np.clip(curve(np.arange(256.0)), 0, 255).round().astype(np.uint8)[gray]
+
+
+def _jpeg(gray: np.ndarray, quality: int) -> np.ndarray:
+    return cv2.imdecode(cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], cv2.IMREAD_GRAYSCALE)
+
+
+# Each makes a near-copy of a 48x48 grey face: what re-publishing an image does to it.
+VARIANTS = {
+    "jpeg30.jpg": lambda g: _jpeg(g, 30),
+    "stretched.png": lambda g: _lut(g, lambda x: 40 + 0.6 * x),
+    "gamma.png": lambda g: _lut(g, lambda x: 255 * (x / 255) ** 0.5),
+    "equalised.png": cv2.equalizeHist,
+    "up96.png": lambda g: cv2.resize(g, (96, 96), interpolation=cv2.INTER_CUBIC),
+    "up-down.png": lambda g: cv2.resize(cv2.resize(g, (96, 96), interpolation=cv2.INTER_CUBIC), (48, 48),
+                                        interpolation=cv2.INTER_AREA),
+    "all.jpg": lambda g: _jpeg(_lut(cv2.resize(g, (96, 96)), lambda x: 255 * (x / 255) ** 1.5), 40),
+}
+
+
+def _first_faces(split: str = "val", per_class: int = 1) -> list[Path]:
+    """The first per_class files of each FER2013 class folder of split, class by class."""
+    return [path for name in CLASSES for path in sorted((require(FER / split) / name).glob("*.jpg"))[:per_class]]
+
+
+def _most_saturated(faces: list[Path], count: int) -> list[Path]:
+    """The faces with the most white (>= 250) pixels: flat areas where re-encoding noise changes the ranks most."""
+    return sorted(faces, key=lambda path: -(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) >= 250).mean())[:count]
+
+
+def _write_variants(folder: Path, original: Path) -> set[Path]:
+    """original copied into folder with its near-copies beside it; all their paths."""
+    gray = cv2.imread(str(original), cv2.IMREAD_GRAYSCALE)
+    paths = {write_image(folder / original.name, gray)}
+    for suffix, make in VARIANTS.items():
+        paths.add(write_image(folder / f"{original.stem}_{suffix}", make(gray)))
+    return paths
+
+
+def _groups(report) -> list[set[Path]]:
+    return [{entry.path for entry in group} for group in report.groups]
+
+
+def test_near_copies_group_with_their_original_and_nothing_else(tmp_path):
+    hard = _most_saturated(_first_faces(per_class=50), 3)
+    faces = [face for face in _first_faces() if face not in hard] + hard
+    expected = [_write_variants(tmp_path / "data" / face.parent.name, face) for face in faces]
+    report = find_duplicates(tmp_path / "data", progress=False)
+    assert sorted(map(sorted, _groups(report))) == sorted(map(sorted, expected))
+    assert report.conflicting == [] and report.blank == []
+    assert all(group[0].path.stem.count("_") == 1 for group in report.groups)  # the original is kept: first by name
+
+
+def test_no_false_matches_among_distinct_fer2013_faces(tmp_path):
+    """350 real faces: the only copies found are those whose decoded pixels are identical."""
+    data = copy_fer_subset(tmp_path / "val350", "val", CLASSES, 50)
+    report = find_duplicates(data, progress=False)
+    by_pixels: dict[bytes, set[Path]] = {}
+    for path in sorted(data.rglob("*.jpg")):
+        by_pixels.setdefault(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).tobytes(), set()).add(path)
+    identical = [paths for paths in by_pixels.values() if len(paths) > 1]
+    assert identical, "this subset of FER2013 val holds a pixel-identical pair; it should be found"
+    assert sorted(map(sorted, _groups(report))) == sorted(map(sorted, identical))
+
+
+def test_copies_in_different_class_folders_are_conflicting(tmp_path):
+    face = _first_faces()[3]
+    gray = cv2.imread(str(face), cv2.IMREAD_GRAYSCALE)
+    write_image(tmp_path / "happy" / "a.png", gray)
+    write_image(tmp_path / "sad" / "b.jpg", _jpeg(gray, 50))
+    write_image(tmp_path / "sad" / "c.png", cv2.imread(str(_first_faces()[5]), cv2.IMREAD_GRAYSCALE))
+    write_image(tmp_path / "sad" / "d.png", cv2.equalizeHist(cv2.imread(str(_first_faces()[5]), cv2.IMREAD_GRAYSCALE)))
+    report = find_duplicates(tmp_path, progress=False)
+    assert [[e.path.name for e in group] for group in report.groups] == [["a.png", "b.jpg"], ["c.png", "d.png"]]
+    assert report.conflicting == [0]
+    assert report.to_dict()["conflicting_labels"] == [{"group": 0, "labels": ["happy", "sad"]}]
+
+
+def test_blank_images_are_flagged_and_not_grouped(tmp_path):
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "a" / "black.png", np.zeros((48, 48), np.uint8))
+    write_image(tmp_path / "a" / "grey.jpg", np.full((48, 48), 128, np.uint8))
+    write_image(tmp_path / "b" / "faint.png", (200 + rng.integers(-2, 3, (48, 48))).astype(np.uint8))
+    write_image(tmp_path / "b" / "face.jpg", cv2.imread(str(_first_faces()[0]), cv2.IMREAD_GRAYSCALE))
+    report = find_duplicates(tmp_path, progress=False)
+    assert sorted(e.path.name for e in report.blank) == ["black.png", "faint.png", "grey.jpg"]
+    assert report.groups == []
+
+
+def test_large_images_without_a_face_are_flagged(tmp_path):
+    rng = np.random.default_rng(1)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (200, 200), dtype=np.uint8), (9, 9), 3)
+    write_image(tmp_path / "a" / "texture.png", texture)
+    write_image(tmp_path / "a" / "photo.jpg", cv2.imread(str(require(PHOTOS / PHOTO_NAMES[0]))))
+    write_image(tmp_path / "b" / "crop.png", rng.integers(0, 256, (48, 48), dtype=np.uint8))  # small: not searched
+    report = find_duplicates(tmp_path, progress=False)
+    assert [e.path.name for e in report.no_face] == ["texture.png"]
+    assert report.face_checked == 2
+
+
+def test_group_pairs_joins_chains():
+    assert group_pairs(np.array([[3, 4], [0, 5], [4, 6], [5, 2]]), 8) == [[0, 2, 5], [3, 4, 6]]
+    assert group_pairs(np.zeros((0, 2), int), 3) == []
+
+
+# ----------------------------------------------------------------------------
+# emorec check --duplicates
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def split_pair(tmp_path) -> dict[str, Path]:
+    """train/ with a face, its copy and another face; test/ with a copy of the other face and one new face."""
+    faces = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in _first_faces()[:3]]
+    files = {
+        "kept": write_image(tmp_path / "train" / "angry" / "a1.png", faces[0]),
+        "copy": write_image(tmp_path / "train" / "angry" / "a2.jpg", _jpeg(faces[0], 40)),
+        "leak": write_image(tmp_path / "train" / "fear" / "b1.png", faces[1]),
+        "test_copy": write_image(tmp_path / "test" / "angry" / "b2.png", cv2.equalizeHist(faces[1])),
+        "test_own": write_image(tmp_path / "test" / "fear" / "c1.png", faces[2]),
+    }
+    return {"train": tmp_path / "train", "test": tmp_path / "test", **files}
+
+
+def test_check_duplicates_json(split_pair, capsys):
+    code = main(["check", str(split_pair["train"]), "--duplicates", "--against", str(split_pair["test"]), "--json"])
+    assert code == 1  # copies found
+    found = json.loads(capsys.readouterr().out)
+    assert found["duplicates"] == [[str(split_pair["kept"]), str(split_pair["copy"])],
+                                   [str(split_pair["leak"]), str(split_pair["test_copy"])]]
+    assert found["groups"] == 2 and found["files_in_groups"] == 4
+    assert found["conflicting_labels"] == [{"group": 1, "labels": ["angry", "fear"]}]
+    assert found["cross_folder"] == [{"folder": str(split_pair["test"]), "pairs": 1, "files_with_a_copy_in_data": 1}]
+    assert found["later_copies"] == [str(split_pair["copy"]), str(split_pair["leak"])]
+    assert found["blank"] == [] and found["no_face"] == [] and found["invalid"] == []
+    assert [f["images"] for f in found["folders"]] == [3, 2]
+    assert "set_aside" not in found
+    assert all(split_pair[key].exists() for key in ("kept", "copy", "leak", "test_copy", "test_own"))
+
+
+def test_check_duplicates_quarantine_moves_only_later_copies_in_data(split_pair, tmp_path, capsys):
+    target = tmp_path / "aside"
+    main(["check", str(split_pair["train"]), "--duplicates", "--against", str(split_pair["test"]),
+          "--quarantine", str(target)])
+    out = capsys.readouterr().out
+    assert f"2 file(s) moved to {target}" in out
+    moved = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+    assert moved == ["angry/a2.jpg", "fear/b1.png"]
+    assert split_pair["kept"].exists() and split_pair["test_copy"].exists() and split_pair["test_own"].exists()
+    assert main(["check", str(split_pair["train"]), "--duplicates", "--against", str(split_pair["test"])]) == 0
+    assert "duplicates: 0 group(s)" in capsys.readouterr().out
+
+
+def test_check_duplicates_delete(split_pair, capsys):
+    assert main(["check", str(split_pair["train"]), "--duplicates", "--delete", "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert found["set_aside"] == {"done": [str(split_pair["copy"])], "left": [], "failed": []}
+    assert not split_pair["copy"].exists() and split_pair["kept"].exists() and split_pair["leak"].exists()
+
+
+def test_check_against_the_same_folder_is_a_one_line_error(split_pair, capsys):
+    assert main(["check", str(split_pair["train"]), "--duplicates", "--against", str(split_pair["train"])]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("emorec check: error:") and "give each folder once" in err[0]
+
+
+@pytest.mark.parametrize("flags", [["--json"], ["--against", "x"]])
+def test_check_json_and_against_need_duplicates(split_pair, flags, capsys):
+    assert main(["check", str(split_pair["train"]), *flags]) == 2
+    assert "go with --duplicates" in capsys.readouterr().err
+
+
+def test_check_duplicates_on_a_folder_without_images(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    assert main(["check", str(tmp_path), "--duplicates"]) == 1
+    captured = capsys.readouterr()
+    assert "no image files found" in captured.out and "duplicates: 0 group(s)" in captured.out
+    assert "error" not in captured.err
