@@ -81,7 +81,13 @@ def duplicate_figures() -> dict:
     start = time.perf_counter()
     report = find_duplicates(DATA / "fer2013" / "train", against=[DATA / "fer2013" / "val"], progress=False)
     seconds = time.perf_counter() - start
-    return {**report.counts(), "seconds": round(seconds, 1)}
+    found = report.to_dict()
+    cross = found["cross_folder"][0]
+    return {"groups": found["groups"], "files_in_groups": found["files_in_groups"],
+            "groups_with_conflicting_labels": len(found["conflicting_labels"]),
+            "train_val_pairs": cross["pairs"], "val_images_with_a_copy_in_train": cross["files_with_a_copy_in_data"],
+            "later_copies_in_train": len(found["later_copies"]), "blank_images": len(found["blank"]),
+            "seconds": round(seconds, 1)}
 
 
 def main() -> None:
