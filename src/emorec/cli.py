@@ -509,11 +509,11 @@ def _add_explain(commands) -> None:
 
 
 def _explain(args) -> int:
-    from emorec.extras import require
-
-    require("keras", "emorec explain (Grad-CAM)")  # a base install gets the install hint, not an import error
     from emorec import explain
+    from emorec.extras import require
     from emorec.runtime import BUNDLED, MODEL_SUFFIXES
+
+    require("keras", explain.PURPOSE)  # before any check of the inputs: a base install gets the install hint first
 
     sources = list(args.sources)
     model = sources.pop(0) if sources[0] in BUNDLED or sources[0].endswith(MODEL_SUFFIXES) else None

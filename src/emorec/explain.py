@@ -2,7 +2,7 @@
 
     >>> explainer = Explainer()                   # the bundled model (its .keras file), automatic detector
     >>> for face in explainer.explain("photo.jpg"):
-    ...     face.face.emotion, face.heatmaps      # {"happy": (48, 48) map in [0, 1], runner-up: ...}
+    ...     face.emotion, face.heatmaps           # {"happy": (48, 48) map in [0, 1], runner-up: ...}
 
 Faces are found, cropped and classified exactly as `emorec predict` does it
 (`Recognizer.prepare` and `classify_prepared`, so the probabilities are the
@@ -44,23 +44,22 @@ SHOWN_SIDE = 192  # pixels per panel of the saved figure (a 48-px crop upscaled 
 PURPOSE = "emorec explain (Grad-CAM)"
 
 
-@dataclass
-class FaceExplanation:
-    """One face: its prediction, the crop the model saw and a heat map per explained class.
+@dataclass(kw_only=True)
+class FaceExplanation(FaceResult):
+    """A classified face (box, probabilities, emotion, ... as in FaceResult), the crop the model saw and its heat maps.
 
     heatmaps maps class names to (H, W) float32 arrays in [0, 1] of the crop's
     size, the top class first, then the runner-up; 1 marks the pixels that
-    raised that class's score most.
+    raised that class's score most. crop is the (H, W, C) uint8 model input.
     """
 
-    face: FaceResult
     crop: np.ndarray
     heatmaps: dict[str, np.ndarray]
 
 
 @dataclass
 class ExplainResult:
-    """What `run_explain` did with one photo: the faces found, the PNG written, or the error that stopped it."""
+    """What `run_explain` did with one photo: the faces found (without heat maps), the PNG written, or the error."""
 
     source: str
     faces: list[FaceResult] = field(default_factory=list)
@@ -115,7 +114,13 @@ def _gradient(backend: str) -> Callable:
 
 
 class GradCam:
-    """Grad-CAM heat maps of a Keras classifier ending in a Dense softmax (or sigmoid) layer."""
+    """Grad-CAM heat maps (Grad-CAM++ weights) on the last feature map of a Keras classifier ending in a Dense layer.
+
+    The model is cut in two at that feature map (`body`: pixels -> maps,
+    `head`: maps -> the classifier's input), so the gradients of the class
+    scores are taken with respect to the maps themselves, on any backend
+    `_gradient` knows.
+    """
 
     def __init__(self, model):
         import keras
@@ -224,7 +229,7 @@ class Explainer:
         ranked = [sorted(range(len(self.class_names)), key=lambda i: -p[self.class_names[i]])[:EXPLAINED]
                   for p in (face.probabilities for face in faces)]
         heat = self.grad_cam(prepared.crops, np.array(ranked))
-        return [FaceExplanation(face, crop, {self.class_names[i]: m for i, m in zip(order, maps)})
+        return [FaceExplanation(**vars(face), crop=crop, heatmaps={self.class_names[i]: m for i, m in zip(order, maps)})
                 for face, crop, order, maps in zip(faces, prepared.crops, ranked, heat)]
 
 
@@ -256,12 +261,12 @@ def explanation_figure(faces: Sequence[FaceExplanation], row_titles: Sequence[st
     for row, face in enumerate(faces):
         crop = _upscaled_crop(face.crop)
         axes[row][0].imshow(crop, cmap="gray", vmin=0, vmax=255)
-        axes[row][0].set_title(row_titles[row] if row_titles else _face_title(row, face.face), fontsize=9)
+        axes[row][0].set_title(row_titles[row] if row_titles else _face_title(row, face), fontsize=9)
         for axis, (name, heat) in zip(axes[row][1:], face.heatmaps.items()):
             axis.imshow(crop, cmap="gray", vmin=0, vmax=255)
             axis.imshow(cv2.resize(heat, crop.shape[1::-1], interpolation=cv2.INTER_LINEAR), cmap="jet", alpha=0.45,
                         vmin=0, vmax=1)
-            axis.set_title(f"{name} {face.face.probabilities[name]:.2f}", fontsize=10)
+            axis.set_title(f"{name} {face.probabilities[name]:.2f}", fontsize=10)
     for axis in axes.flat:
         axis.axis("off")
     if title:
@@ -332,7 +337,7 @@ def _explain_photo(explainer: Explainer, path: Path, png: Path, exist_ok: bool) 
     if not faces:
         return ExplainResult(str(path))
     save_figure(explanation_figure(faces, title=path.name), png, overwrite=exist_ok)
-    return ExplainResult(str(path), [face.face for face in faces], png)
+    return ExplainResult(str(path), [FaceResult(face.box, face.probabilities, face.score) for face in faces], png)
 
 
 def _photos_bar(total: int, enabled: bool):
