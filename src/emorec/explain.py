@@ -40,7 +40,7 @@ from emorec.runtime import model_path
 from emorec.video import is_video
 
 EXPLAINED = 2  # heat maps per face: the top class and the runner-up
-SHOWN_SIDE = 192  # pixels per panel of the saved figure (a 48-px crop upscaled 4x)
+SHOWN_SIDE = 192  # side the crop and its maps are enlarged to before drawing (a 48-px crop 4x)
 PURPOSE = "emorec explain (Grad-CAM)"
 
 
@@ -226,9 +226,9 @@ class Explainer:
         faces = self.recognizer.classify_prepared([prepared])[0]
         if not faces:
             return []
-        ranked = [sorted(range(len(self.class_names)), key=lambda i: -p[self.class_names[i]])[:EXPLAINED]
-                  for p in (face.probabilities for face in faces)]
-        heat = self.grad_cam(prepared.crops, np.array(ranked))
+        probabilities = np.array([[face.probabilities[name] for name in self.class_names] for face in faces])
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :EXPLAINED]
+        heat = self.grad_cam(prepared.crops, ranked)
         return [FaceExplanation(**vars(face), crop=crop, heatmaps={self.class_names[i]: m for i, m in zip(order, maps)})
                 for face, crop, order, maps in zip(faces, prepared.crops, ranked, heat)]
 
