@@ -16,7 +16,7 @@ from emorec.model import read_info
 from emorec.evaluate import evaluate
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-COMMANDS = ("check", "show", "pack", "train", "evaluate", "export", "predict", "serve")
+COMMANDS = ("check", "show", "pack", "train", "evaluate", "export", "predict", "explain", "serve")
 TWO_PHOTOS = ["Arnaud_Lagardere_0001.jpg", "Beyonce_Knowles_0001.jpg"]
 
 

@@ -37,6 +37,7 @@ def run_without_extras(args: list[str], cwd) -> subprocess.CompletedProcess:
     (["show", "DATA", "--out", "s.png"], "matplotlib", "train"),
     (["export", "bundled", "--out", "m.onnx"], "keras", "train"),
     (["predict", "MODEL", "PHOTO"], "keras", "train"),
+    (["explain", "PHOTO", "--out", "explained"], "keras", "train"),
     (["serve", "--port", "0"], "fastapi", "serve"),
 ])
 def test_commands_that_need_an_extra_say_so_in_one_line(args, needs, extra, fer_tree, seven_class_model, tmp_path):

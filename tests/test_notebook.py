@@ -125,5 +125,10 @@ def test_notebook_runs_end_to_end(tmp_path):
         assert len(lines) == 3 and all(" true " in line for line in lines), lines
     assert images_in(predict_cells) == 2
 
+    (explain_cell,) = tagged(notebook, "explain")  # 3 val faces the bundled model gets right, 3 it gets wrong
+    verdicts = [line.split()[0] for line in text_of(explain_cell).strip().splitlines()[1:]]
+    assert verdicts == ["right"] * 3 + ["wrong"] * 3
+    assert sum("image/jpeg" in output.get("data", {}) for output in explain_cell.outputs) == 2
+
     # Every figure is shown inline: samples, counts, a batch, 2 curves, confusion matrix, 2 photo rows.
     assert images_in(notebook.cells) >= 8

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emorec import __version__
-from emorec.config import CHOICES, RECIPES, TTA_MODES, ConfigError, PredictConfig, ServeConfig, TrainConfig
+from emorec.config import CHOICES, RECIPES, TTA_MODES, ConfigError, ExplainConfig, PredictConfig, ServeConfig, TrainConfig
 from emorec.extras import MissingExtra, missing_message
 
 
@@ -122,7 +122,7 @@ def _int_range(low: int, high: int):
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
-    parser = argparse.ArgumentParser(prog="emorec", description="Facial emotion recognition: check, show, pack, train, evaluate, export, predict, serve.")
+    parser = argparse.ArgumentParser(prog="emorec", description="Facial emotion recognition: check, show, pack, train, evaluate, export, predict, explain, serve.")
     parser.add_argument("--version", action="version", version=f"emorec {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_check(commands)
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_export(commands)
     _add_predict(commands)
+    _add_explain(commands)
     _add_serve(commands)
     return parser
 
@@ -577,6 +578,44 @@ def _check_predict_outputs(args, sources: list[str]) -> None:
             raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
     if args.save_annotated:
         check_output_path(args.save_annotated, sources, folder=True)
+
+
+# ----------------------------------------------------------------------------
+# explain
+# ----------------------------------------------------------------------------
+
+
+def _add_explain(commands) -> None:
+    cmd = commands.add_parser("explain", help="Grad-CAM overlays: which part of each face drove the prediction (needs emorec[train])")
+    cmd.add_argument("sources", nargs="+", metavar="[MODEL] PHOTO|FOLDER", help="photos or folders (walked recursively); "
+                     "a leading .keras or .onnx file or \"bundled\" names the model (default: the bundled model)")
+    cmd.add_argument("--out", required=True, metavar="DIR", help="folder for one PNG per photo (sub-folders of folders kept)")
+    cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
+    cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")
+    cmd.add_argument("--exist-ok", action="store_true", help="replace existing PNGs")
+    cmd.set_defaults(handler=_explain)
+
+
+def _explain(args) -> int:
+    from emorec import explain
+    from emorec.extras import require
+    from emorec.runtime import BUNDLED, MODEL_SUFFIXES
+
+    require("keras", explain.PURPOSE)  # before any check of the inputs: a base install gets the install hint first
+
+    sources = list(args.sources)
+    model = sources.pop(0) if sources[0] in BUNDLED or sources[0].endswith(MODEL_SUFFIXES) else None
+    if not sources:
+        raise ValueError("give at least one photo or folder after the model")
+    cfg = ExplainConfig(sources=sources, out=args.out, model=model, detector=args.detector, detect=args.detect,
+                        exist_ok=args.exist_ok)
+    results = explain.run_explain(cfg)
+    say(*explain.format_results(results))
+    failed = [result for result in results if result.error is not None]
+    say(*(f"emorec explain: error: {result.error}" for result in failed), err=True)
+    written = sum(result.output is not None for result in results)
+    say(f"{written} PNG(s) written to {args.out}" + (f"; {len(failed)} file(s) failed" if failed else ""))
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------

@@ -299,6 +299,18 @@ class ServeConfig:
         _check_range("max_files", self.max_files, 1, 10_000)
 
 
+@dataclass
+class ExplainConfig:
+    """Everything `emorec explain` needs."""
+
+    sources: list[str] = _field([], "photos and folders (walked recursively)")
+    out: str = _field("explain", "folder for the PNGs (sub-folders of folder sources kept)")
+    model: str | None = _field(None, ".keras file (or .onnx with a .keras beside it); None uses the bundled model")
+    detector: str = _field("auto", "face detector name (see emorec.faces)")
+    detect: bool = _field(True, "False treats every input as an already cropped face")
+    exist_ok: bool = _field(False, "allow overwriting PNGs")
+
+
 def tta_mode(tta: bool | str | None) -> str:
     """Normalise a TTA setting: False/None -> "none", True -> "flip", or a name from TTA_MODES."""
     mode = tta if isinstance(tta, str) else {False: "none", None: "none", True: "flip"}.get(tta, tta)

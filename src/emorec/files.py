@@ -260,7 +260,7 @@ def check_targets(paths: Sequence[Path], exist_ok: bool) -> None:
     seen = set()
     for path in paths:
         if path in seen:
-            raise FileExistsError(f"{path}: two inputs would write the same annotated file")
+            raise FileExistsError(f"{path}: two inputs would write the same output file")
         seen.add(path)
         if path.exists() and not exist_ok:
             raise FileExistsError(f"{path}: already exists; refusing to overwrite it (use --exist-ok to replace)")

@@ -52,11 +52,11 @@ def iter_sources(paths: Iterable[str | Path]) -> Iterator[Path]:
     Hidden files and folders inside a folder are skipped; a missing explicit
     path is kept so that it is reported as an error result.
     """
-    for path, _ in _expand(paths):
+    for path, _ in expand_sources(paths):
         yield path
 
 
-def _expand(paths: Iterable[str | Path]) -> list[tuple[Path, Path]]:
+def expand_sources(paths: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     """(file, output name) pairs; the name keeps the path below a folder source."""
     pairs = []
     for source in map(Path, paths):
@@ -88,7 +88,7 @@ def predict_images(cfg: PredictConfig, progress: bool = True, recognizer: Recogn
     source); FileExistsError is raised before any work if one would replace
     an existing file and cfg.exist_ok is False.
     """
-    pairs = [(path, name) for path, name in _expand(cfg.sources) if not is_video(path)]
+    pairs = [(path, name) for path, name in expand_sources(cfg.sources) if not is_video(path)]
     out_dir = Path(cfg.save_annotated) if cfg.save_annotated else None
     if out_dir is not None:
         check_targets([out_dir / name for _, name in pairs], cfg.exist_ok)
@@ -114,7 +114,7 @@ def predict_images(cfg: PredictConfig, progress: bool = True, recognizer: Recogn
         for position, outcome in ordered_map(read_and_prepare, range(len(pairs))):
             bar.update()
             if isinstance(outcome, Exception):
-                results[position] = ImageResult(str(pairs[position][0]), error=_error_line(pairs[position][0], outcome))
+                results[position] = ImageResult(str(pairs[position][0]), error=error_line(pairs[position][0], outcome))
                 continue
             waiting.append((position, *outcome))
             if len(waiting) >= PHOTOS_PER_CALL or sum(len(item[2].regions) for item in waiting) >= FACES_PER_CALL:
@@ -123,7 +123,7 @@ def predict_images(cfg: PredictConfig, progress: bool = True, recognizer: Recogn
     return results
 
 
-def _error_line(path: Path, error: Exception) -> str:
+def error_line(path: Path, error: Exception) -> str:
     """The one-line reason a photo failed, naming the file once."""
     if isinstance(error, ImageReadError):
         return str(error)
@@ -158,7 +158,7 @@ def run_predict(cfg: PredictConfig, progress: bool = True, recognizer: Recognize
     recognizer = recognizer or Recognizer.from_config(cfg)
     images = [s for s in cfg.sources if webcam_index(s) is None and not is_video(s)]
     videos = [(s, None) for s in cfg.sources if webcam_index(s) is not None or is_video(s)]
-    folders = {s: _expand([s]) for s in images if Path(s).is_dir()}  # each folder walked once here
+    folders = {s: expand_sources([s]) for s in images if Path(s).is_dir()}  # each folder walked once here
     videos += [(str(p), name) for pairs in folders.values() for p, name in pairs if is_video(p)]
     results = [ImageResult(str(s), error=f"{s}: no images or videos in this folder") for s, files in folders.items()
                if not files]

@@ -1,0 +1,171 @@
+"""Grad-CAM explanations with the bundled model on FER2013 val faces and real photos, and `emorec explain`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import BUNDLED, FER, FER_CLASSES, PHOTOS, require
+
+from emorec.cli import main
+from emorec.data import read_image
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PHOTO = "Jennifer_Aniston_0021.jpg"
+
+
+@pytest.fixture(scope="module")
+def crops_explainer():
+    """The bundled model, explaining FER2013 val images as ready-made face crops."""
+    from emorec.explain import Explainer
+
+    if not BUNDLED.is_file():
+        pytest.skip(f"bundled model missing at {BUNDLED}")
+    return Explainer(detect=False)
+
+
+def val_images(per_class: int) -> list[Path]:
+    """The first per_class FER2013 val images of every class."""
+    return [path for name in FER_CLASSES for path in sorted(require(FER / "val" / name).glob("*.jpg"))[:per_class]]
+
+
+def test_heat_maps_cover_the_crop_in_unit_range_for_the_top_class_then_the_runner_up(crops_explainer):
+    for path in val_images(2):
+        (explained,) = crops_explainer.explain(path)
+        probabilities = explained.probabilities
+        ranked = sorted(probabilities, key=probabilities.get, reverse=True)
+        assert list(explained.heatmaps) == ranked[:2]
+        top, runner_up = explained.heatmaps.values()
+        for heat in (top, runner_up):
+            assert heat.shape == explained.crop.shape[:2] == (48, 48)
+            assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+        assert np.abs(top - runner_up).mean() > 0.02, path  # each class is explained by its own evidence
+
+
+def test_occluding_the_hottest_pixels_costs_the_top_class_more_than_occluding_the_coldest(crops_explainer):
+    hot_drops, cold_drops = [], []
+    for path in val_images(4):
+        (explained,) = crops_explainer.explain(path)
+        top = explained.emotion
+        heat, crop = explained.heatmaps[top], explained.crop.astype(np.float32)
+        low, high = np.quantile(heat, [0.25, 0.75])
+        occluded = []
+        for region in (heat >= high, heat <= low):  # a quarter of the face each, filled with its mean grey
+            image = crop.copy()
+            image[region] = crop.mean()
+            occluded.append(image)
+        before = explained.probabilities[top]
+        hot, cold = crops_explainer.recognizer.classify(np.stack(occluded))[:, FER_CLASSES.index(top)]
+        hot_drops.append(before - hot)
+        cold_drops.append(before - cold)
+    hot_drops, cold_drops = np.array(hot_drops), np.array(cold_drops)
+    assert hot_drops.mean() > cold_drops.mean() + 0.2, (hot_drops.mean(), cold_drops.mean())
+    assert (hot_drops > cold_drops).mean() >= 0.75
+
+
+def test_a_photo_is_explained_face_by_face_with_the_probabilities_predict_reports():
+    from emorec.explain import explain_image
+    from emorec.recognizer import Recognizer
+
+    path = require(PHOTOS / PHOTO)
+    (explained,) = explain_image(path)  # the bundled .onnx model's .keras sibling
+    (predicted,) = Recognizer().predict(path)  # the bundled model on ONNX Runtime
+    assert explained.box == predicted.box
+    for name, probability in predicted.probabilities.items():
+        assert explained.probabilities[name] == pytest.approx(probability, abs=1e-4)
+    assert all(heat.shape == (48, 48) for heat in explained.heatmaps.values())
+
+
+def test_gradients_on_the_jax_backend_match_tensorflow(crops_explainer, tmp_path):
+    pytest.importorskip("jax")
+    paths = val_images(1)[:3]
+    script = ("import sys, numpy as np\nfrom emorec.explain import Explainer\n"
+              "explainer = Explainer(detect=False)\n"
+              "maps = [np.stack(list(explainer.explain(p)[0].heatmaps.values())) for p in sys.argv[2:]]\n"
+              "np.save(sys.argv[1], np.stack(maps))\n")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "jax.npy"), *map(str, paths)], env=env, check=True,
+                   capture_output=True, timeout=300)
+    on_tensorflow = np.stack([np.stack(list(crops_explainer.explain(p)[0].heatmaps.values())) for p in paths])
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), on_tensorflow, atol=1e-3)
+
+
+def test_an_unsupported_backend_or_model_is_one_clear_error(tmp_path):
+    from emorec.explain import _gradient, keras_model_file
+    from emorec.runtime import BUNDLED_ONNX
+
+    with pytest.raises(ValueError, match="tensorflow or jax Keras backend, not 'torch'"):
+        _gradient("torch")
+    assert keras_model_file("bundled") == keras_model_file(None) == BUNDLED
+    lone = shutil.copy(BUNDLED_ONNX, tmp_path / "lone.onnx")
+    with pytest.raises(ValueError, match="explain needs a .keras model"):
+        keras_model_file(lone)
+
+
+# ----------------------------------------------------------------------------
+# emorec explain
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def photo_tree(tmp_path) -> Path:
+    """photos/people/<photo>.jpg, photos/crops/<val crop>.jpg and photos/crops/notes.jpg (not an image)."""
+    root = tmp_path / "photos"
+    (root / "people").mkdir(parents=True)
+    (root / "crops").mkdir()
+    shutil.copy(require(PHOTOS / PHOTO), root / "people" / PHOTO)
+    shutil.copy(val_images(1)[3], root / "crops" / "happy.jpg")
+    (root / "crops" / "notes.jpg").write_text("not an image")
+    return root
+
+
+def test_explain_writes_one_png_per_photo_keeping_sub_folders_and_reports_bad_files(photo_tree, tmp_path, capsys):
+    out = tmp_path / "explained"
+    assert main(["explain", "bundled", str(photo_tree), "--out", str(out)]) == 1  # a bad file fails the run, not the batch
+    printed = capsys.readouterr()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "crops", "crops/happy.png", "people", f"people/{Path(PHOTO).stem}.png"]
+    [error] = [line for line in printed.err.splitlines() if line.startswith("emorec explain:")]
+    assert error.startswith(f"emorec explain: error: {photo_tree / 'crops' / 'notes.jpg'}: ")
+    assert "Traceback" not in printed.err
+    assert f"people/{PHOTO} -> {out / 'people' / Path(PHOTO).stem}.png  face 1: " in printed.out
+    assert "2 PNG(s) written" in printed.out and "1 file(s) failed" in printed.out
+    png = read_image(out / "people" / f"{Path(PHOTO).stem}.png")
+    assert png.shape[1] > 2 * png.shape[0]  # one row: crop, top class, runner-up
+
+
+def test_explain_never_overwrites_without_exist_ok(photo_tree, tmp_path, capsys):
+    (photo_tree / "crops" / "notes.jpg").unlink()
+    out = tmp_path / "explained"
+    assert main(["explain", str(photo_tree / "crops"), "--out", str(out)]) == 0
+    png = out / "happy.png"
+    png.write_bytes(b"mine")
+    capsys.readouterr()
+    assert main(["explain", str(photo_tree / "crops"), "--out", str(out)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"emorec explain: error: {png}: already exists") and png.read_bytes() == b"mine"
+    assert main(["explain", str(photo_tree / "crops"), "--out", str(out), "--exist-ok"]) == 0
+    assert cv2.imread(str(png)) is not None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{onnx}", "{photo}"], "explain needs a .keras model"),
+    (["{photo}", "--out-inside"], "lies inside the input folder"),
+    (["bundled"], "give at least one photo or folder"),
+])
+def test_explain_usage_problems_are_one_line_before_any_work(argv, message, photo_tree, tmp_path, capsys):
+    from emorec.runtime import BUNDLED_ONNX
+
+    names = {"{onnx}": str(shutil.copy(BUNDLED_ONNX, tmp_path / "lone.onnx")), "{photo}": str(photo_tree)}
+    out = str(photo_tree / "out") if "--out-inside" in argv else str(tmp_path / "explained")
+    args = [names.get(a, a) for a in argv if a != "--out-inside"]
+    assert main(["explain", *args, "--out", out]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("emorec explain: error: ") and message in line
+    assert not Path(out).exists()
