@@ -599,12 +599,12 @@ def _add_explain(commands) -> None:
 def _explain(args) -> int:
     from emorec import explain
     from emorec.extras import require
-    from emorec.runtime import BUNDLED, MODEL_SUFFIXES
+    from emorec.runtime import names_a_model
 
     require("keras", explain.PURPOSE)  # before any check of the inputs: a base install gets the install hint first
 
     sources = list(args.sources)
-    model = sources.pop(0) if sources[0] in BUNDLED or sources[0].endswith(MODEL_SUFFIXES) else None
+    model = sources.pop(0) if names_a_model(sources[0]) else None
     if not sources:
         raise ValueError("give at least one photo or folder after the model")
     cfg = ExplainConfig(sources=sources, out=args.out, model=model, detector=args.detector, detect=args.detect,

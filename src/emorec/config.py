@@ -183,7 +183,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "rename_classes": "happiness=happy,sadness=sad,anger=angry",
         "targets": "soft",
         "unsure": "soft",
-        "epochs": 10,
+        "epochs": 6,
         "batch_size": 128,
         "optimizer": "sgd",
         "learning_rate": 0.01,

@@ -97,6 +97,11 @@ def keras_path(path: str | Path | None) -> Path:
     return MODELS_DIR / f"emorec-{name}.keras"
 
 
+def names_a_model(text: str) -> bool:
+    """True when text is a bundled model's name ("bundled", "fer2013", ...) or a file name with a model suffix."""
+    return _bundled_name(text) is not None or text.endswith(MODEL_SUFFIXES)
+
+
 def _bundled_name(path: str | Path | None) -> str | None:
     text = "bundled" if path is None else str(path)
     name = text.replace("bundled", DEFAULT_MODEL, 1) if text in ("bundled", "bundled-int8") else text
