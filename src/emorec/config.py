@@ -19,6 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "plateau")
 CLASS_WEIGHTS = ("none", "balanced")
 TTA_MODES = ("none", "flip", "multi")  # test-time augmentation: see emorec.model.tta_views
+ENGINES = ("local", "ray")  # where `emorec predict` runs: see emorec.distributed
 
 
 class ConfigError(ValueError):
@@ -216,11 +217,18 @@ class PredictConfig:
     stride: int = _field(1, "video: classify every stride-th frame")
     smooth: float = _field(0.0, "video: exponential smoothing of probabilities (0 = off, <1)")
     exist_ok: bool = _field(False, "allow overwriting annotated outputs")
+    engine: str = _field("local", "local (threads in this process) or ray (Ray Data: a local Ray or a cluster)")
+    address: str | None = _field(None, "ray: address of a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    cpus: int = _field(0, "ray: CPUs a local Ray may use (0: all)")
+    actors: int = _field(0, "ray: classifier actors, each loading the model once (0: one per 4 CPUs)")
 
     def __post_init__(self) -> None:
         self.tta = tta_mode(self.tta)
         _check_range("stride", self.stride, 1, 100_000)
         _check_range("smooth", self.smooth, 0.0, 0.99)
+        _check_choice("engine", self.engine, ENGINES)
+        _check_range("cpus", self.cpus, 0, 100_000)
+        _check_range("actors", self.actors, 0, 100_000)
 
 
 @dataclass
