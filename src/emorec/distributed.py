@@ -267,13 +267,12 @@ def ray_session(address: str | None = None, cpus: int = 0) -> Iterator[int]:
 
 
 def _quiet_ray_data() -> None:
-    """Ray Data's own progress bars and execution logs off (emorec shows its own bar); rows kept in input order."""
+    """Ray Data's own progress bars and execution logs off: emorec shows its own bar."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    context.execution_options.preserve_order = True
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -293,10 +292,12 @@ def default_actors(cpus: int) -> int:
 # ----------------------------------------------------------------------------
 
 
-def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Path | None = None) -> list[ImageResult]:
+def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Path | None = None,
+                    frames_per_task: int = FRAMES_PER_TASK) -> list[ImageResult]:
     """`run_predict` on Ray: the same results and the same per-video CSVs, from a local Ray or a cluster.
 
     With parquet (a folder), every row is also written to parquet/results.parquet.
+    Videos are cut into ranges of frames_per_task frames, decoded in parallel.
     """
     if cfg.save_annotated:
         raise ValueError("--save-annotated runs on the local engine only (leave out --engine ray)")
@@ -305,25 +306,28 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
     if webcams:
         raise ValueError(f"{webcams[0]}: a webcam runs on the local engine only (leave out --engine ray)")
     photos = [str(path) for path, _ in expand_sources(images) if not is_video(path)]
-    video_jobs, refused = _video_jobs(videos, cfg)
+    video_jobs = _video_jobs(videos, cfg)
     class_names = read_info(model_path(cfg.model)).class_names
     remote = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
     with ray_session(cfg.address, cfg.cpus) as cpus, _parquet_sink(parquet, class_names) as sink:
         import ray.data
 
-        paths = photos + [job.source for job in video_jobs]
+        ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows are matched to inputs
+        paths = photos + [job.source for job in video_jobs if isinstance(job, _VideoJob)]
         if not paths:
-            return errors + refused
+            return errors + video_jobs
         dataset = ray.data.from_items([{"path": path} for path in paths])
         rows = predict_dataset(dataset, cfg.model, cfg.detector, cfg.detect, cfg.tta, cfg.stride,
-                               actors=cfg.actors or default_actors(cpus), restart_actors=remote)
+                               actors=cfg.actors or default_actors(cpus), frames_per_task=frames_per_task,
+                               restart_actors=remote)
         stream = _Peekable(_rows(rows, sink, len(paths), progress))
         try:
             results = [_photo_result(stream, path, class_names) for path in photos]
-            results += [_video_result(stream, job, cfg, class_names) for job in video_jobs]
+            results += [_video_result(stream, job, cfg, class_names) if isinstance(job, _VideoJob) else job
+                        for job in video_jobs]
         except ray.exceptions.RayError as error:
             raise EngineError(f"the Ray job failed: {_first_line(error)}") from None
-    return errors + results + refused
+    return errors + results
 
 
 @dataclass
@@ -334,17 +338,17 @@ class _VideoJob:
     fps: float
 
 
-def _video_jobs(videos: list[tuple[str, Path | None]], cfg: PredictConfig) -> tuple[list[_VideoJob], list[ImageResult]]:
-    """The videos to run, and error results for those whose CSV exists (the local engine's check)."""
+def _video_jobs(videos: list[tuple[str, Path | None]], cfg: PredictConfig) -> list[_VideoJob | ImageResult]:
+    """The videos to run, or error results for those whose CSV exists (the local engine's check), in order."""
     import cv2
 
-    jobs, refused = [], []
+    jobs: list[_VideoJob | ImageResult] = []
     for source, name in videos:
         csv_path, _ = video_outputs(source, cfg, name)
         try:
             check_targets([csv_path], cfg.exist_ok)
         except FileExistsError as error:
-            refused.append(ImageResult(str(source), error=str(error)))
+            jobs.append(ImageResult(str(source), error=str(error)))
             continue
         frames, fps = 0, 0.0
         with contextlib.suppress(ValueError):  # an unreadable video gets its error row from the job
@@ -352,7 +356,7 @@ def _video_jobs(videos: list[tuple[str, Path | None]], cfg: PredictConfig) -> tu
             frames, fps = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), capture_fps(capture)
             capture.release()
         jobs.append(_VideoJob(str(source), csv_path, frames, fps))
-    return jobs, refused
+    return jobs
 
 
 def _rows(dataset, sink, total: int, progress: bool) -> Iterator[dict[str, Any]]:
