@@ -252,18 +252,54 @@ def ray_session(address: str | None = None, cpus: int = 0) -> Iterator[int]:
         return
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
-        if address:
-            ray.init(address=address, **quiet)
-        else:
-            ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, **quiet)
+        with _interrupts_deferred() as interrupted:  # Ray stopped half-way leaves its helper processes behind
+            if address:
+                _probe(address)
+                ray.init(address=address, **quiet)
+            else:
+                ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise EngineError(f"cannot {'connect to Ray at ' + address if address else 'start a local Ray'}: "
                           f"{_first_line(error)}") from None
     try:
+        if interrupted:
+            raise KeyboardInterrupt
         _quiet_ray_data()
         yield int(ray.cluster_resources().get("CPU", 1))
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[list]:
+    """Ctrl-C inside the block is recorded (the yielded list becomes non-empty) instead of raised."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    received: list = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(True))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """ConnectionError unless host:port of a Ray address accepts connections: Ray itself retries for minutes."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(error.strerror or str(error) or "no answer") from None
 
 
 def _quiet_ray_data() -> None:
