@@ -64,6 +64,8 @@ class TrainConfig:
     patience: int = _field(10, "early-stopping patience in epochs (0 disables it)")
     mixed_precision: bool = _field(False, "train in bfloat16 mixed precision (GPU); saved in float32")
     time_limit: float = _field(0.0, "stop after this many minutes, keeping the best (0: none)")
+    devices: str = _field("1", "data-parallel training on N devices or 'all' (JAX backend: KERAS_BACKEND=jax); "
+                               "each step's batch is split across them")
     seed: int = _field(1337, "seed for the split, shuffling and initialisation")
     project: str = _field("runs", "parent folder of run folders")
     name: str = _field("", "run folder name; default is the architecture name")
@@ -93,6 +95,7 @@ class TrainConfig:
                               "0 needs a separate validation set (--val DIR)")
         if self.name:
             _check_folder_name("name", self.name)
+        self.devices = _check_devices(self.devices)
 
     @property
     def channels(self) -> int:
@@ -272,6 +275,15 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         problem = f"{value!r} is out of range [{low}, {high}]"
         raise ConfigError(f"{name}={problem}", name, problem)
+
+
+def _check_devices(value: Any) -> str:
+    """A device count: a whole number of at least 1, or "all" (stored as text either way)."""
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or not (text == "all" or (text.isdigit() and int(text) >= 1)):
+        problem = f"{value!r} is not a number of devices (1, 2, ...) or 'all'"
+        raise ConfigError(f"devices={problem}", "devices", problem)
+    return text if text == "all" else str(int(text))
 
 
 def _check_folder_name(name: str, value: str) -> None:
