@@ -460,7 +460,7 @@ def _add_predict(commands) -> None:
     scale.add_argument("--address", help="ray: a running Ray cluster, e.g. ray://head:10001 (default: $RAY_ADDRESS)")
     scale.add_argument("--cpus", type=_int_range(1, 100_000), default=0, help="ray: CPUs a local Ray may use (default: all)")
     scale.add_argument("--actors", type=_int_range(1, 100_000), default=0,
-                       help="ray: classifier actors, each loading the model once (default: one per 4 CPUs)")
+                       help="ray: classifier actors, each loading the model once (default: one per 3 CPUs)")
     scale.add_argument("--parquet", metavar="DIR", help="ray: also write every row to DIR/results.parquet")
     cmd.set_defaults(handler=_predict)
 

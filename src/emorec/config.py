@@ -223,7 +223,7 @@ class PredictConfig:
     engine: str = _field("local", "local (threads in this process) or ray (Ray Data: a local Ray or a cluster)")
     address: str | None = _field(None, "ray: address of a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     cpus: int = _field(0, "ray: CPUs a local Ray may use (0: all)")
-    actors: int = _field(0, "ray: classifier actors, each loading the model once (0: one per 4 CPUs)")
+    actors: int = _field(0, "ray: classifier actors, each loading the model once (0: one per 3 CPUs)")
 
     def __post_init__(self) -> None:
         self.tta = tta_mode(self.tta)

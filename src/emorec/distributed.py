@@ -44,7 +44,7 @@ from emorec.runtime import load_runtime, model_path, read_info
 from emorec.video import FrameCsv, capture_fps, count_faces, is_video, open_capture, read_frames, smooth_faces
 
 FRAMES_PER_TASK = 300  # frames one decoding task reads from a video (10 s at 30 fps)
-CPUS_PER_ACTOR = 4  # default pool: one classifier per 4 CPUs (a face classifies ~3x faster than it is detected)
+CPUS_PER_ACTOR = 3  # default pool: one classifier per 3 CPUs (a face: ~10 ms of a core to classify, ~14 to find)
 ACTOR_CPUS = 0.5  # what an actor reserves: it waits for decoded faces most of the time
 PARQUET_NAME = "results.parquet"
 
