@@ -506,11 +506,12 @@ def _check_predict_outputs(args, sources: list[str]) -> None:
             raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
     if args.save_annotated:
         check_output_path(args.save_annotated, sources, folder=True)
+    ray_only = [flag for flag in ("address", "cpus", "actors", "parquet") if getattr(args, flag)]
+    if ray_only and args.engine != "ray":
+        raise ValueError(f"--{ray_only[0]} goes with --engine ray")
     if args.parquet:
         from emorec.distributed import PARQUET_NAME
 
-        if args.engine != "ray":
-            raise ValueError("--parquet goes with --engine ray")
         check_output_path(args.parquet, sources, folder=True)
         if (Path(args.parquet) / PARQUET_NAME).exists() and not args.exist_ok:
             raise FileExistsError(f"{Path(args.parquet) / PARQUET_NAME}: already exists (use --exist-ok to replace it)")

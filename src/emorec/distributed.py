@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import cv2
 import numpy as np
 
 from emorec.config import PredictConfig
@@ -116,8 +117,6 @@ _RECOGNIZERS: dict[Options, Recognizer] = {}
 def _recognizer(options: Options) -> Recognizer:
     """One Recognizer per worker process and options (loaded on first use, one ONNX thread: Ray runs many workers)."""
     if options not in _RECOGNIZERS:
-        import cv2
-
         cv2.setNumThreads(1)
         runtime = load_runtime(options.model, threads=1)
         _RECOGNIZERS[options] = Recognizer(runtime=runtime, detector=options.detector, detect=options.detect,
@@ -135,7 +134,7 @@ def _plan(row: dict[str, Any], options: Options) -> list[dict[str, Any]]:
     except ValueError as error:
         return [{"source": path, "start": -1, "stop": -1, "fps": 0.0, "error": str(error)}]
     try:
-        fps, count = capture_fps(capture), max(int(capture.get(7)), 1)  # 7: cv2.CAP_PROP_FRAME_COUNT
+        fps, count = capture_fps(capture), max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 1)
     finally:
         capture.release()
     step = max(options.frames_per_task // options.stride, 1) * options.stride  # ranges start on classified frames
@@ -165,7 +164,7 @@ def _decode_frames(source: str, start: int, stop: int, fps: float, recognizer: R
     capture = open_capture(source)
     try:
         if start:
-            capture.set(1, start)  # 1: cv2.CAP_PROP_POS_FRAMES
+            capture.set(cv2.CAP_PROP_POS_FRAMES, start)
         for offset, frame in read_frames(capture):
             index = start + offset
             if stop >= 0 and index >= stop:
@@ -260,7 +259,7 @@ def ray_session(address: str | None = None, cpus: int = 0) -> Iterator[int]:
                 ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise EngineError(f"cannot {'connect to Ray at ' + address if address else 'start a local Ray'}: "
-                          f"{_first_line(error)}") from None
+                          f"{_last_line(error)}") from None
     try:
         if interrupted:
             raise KeyboardInterrupt
@@ -313,7 +312,8 @@ def _quiet_ray_data() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _first_line(error: BaseException) -> str:
+def _last_line(error: BaseException) -> str:
+    """The last non-empty line of an error: where Ray's exceptions say what went wrong."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 
@@ -352,17 +352,20 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
         paths = photos + [job.source for job in video_jobs if isinstance(job, _VideoJob)]
         if not paths:
             return errors + video_jobs
+        actors = cfg.actors or default_actors(cpus)
+        if actors * ACTOR_CPUS + 1 > cpus:  # else no CPU is left for decoding, and the job waits forever
+            raise ValueError(f"--actors {actors} leaves no CPU for decoding on a Ray with {cpus} CPUs; "
+                             f"use at most {int((cpus - 1) / ACTOR_CPUS)} actors")
         dataset = ray.data.from_items([{"path": path} for path in paths])
-        rows = predict_dataset(dataset, cfg.model, cfg.detector, cfg.detect, cfg.tta, cfg.stride,
-                               actors=cfg.actors or default_actors(cpus), frames_per_task=frames_per_task,
-                               restart_actors=remote)
+        rows = predict_dataset(dataset, cfg.model, cfg.detector, cfg.detect, cfg.tta, cfg.stride, actors=actors,
+                               frames_per_task=frames_per_task, restart_actors=remote)
         stream = _Peekable(_rows(rows, sink, len(paths), progress))
         try:
             results = [_photo_result(stream, path, class_names) for path in photos]
             results += [_video_result(stream, job, cfg, class_names) if isinstance(job, _VideoJob) else job
                         for job in video_jobs]
         except ray.exceptions.RayError as error:
-            raise EngineError(f"the Ray job failed: {_first_line(error)}") from None
+            raise EngineError(f"the Ray job failed: {_last_line(error)}") from None
     return errors + results
 
 
@@ -376,8 +379,6 @@ class _VideoJob:
 
 def _video_jobs(videos: list[tuple[str, Path | None]], cfg: PredictConfig) -> list[_VideoJob | ImageResult]:
     """The videos to run, or error results for those whose CSV exists (the local engine's check), in order."""
-    import cv2
-
     jobs: list[_VideoJob | ImageResult] = []
     for source, name in videos:
         csv_path, _ = video_outputs(source, cfg, name)
