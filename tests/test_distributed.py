@@ -51,7 +51,7 @@ def _both_engines(tmp_path: Path, **options) -> tuple[list, list, Path, Path]:
     outcomes = []
     for engine in ("local", "ray"):
         folder = tmp_path / engine
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         os.chdir(folder)
         cfg = PredictConfig(**options)
         if engine == "local":
@@ -86,6 +86,18 @@ def test_strided_smoothed_video_matches_across_frame_ranges(local_ray, media, tm
 
     assert (ray_dir / "clip.csv").read_text() == (local_dir / "clip.csv").read_text()
     assert ray[0].video.classified_frames == 8 and ray[0].video.frames == local[0].video.frames == 30
+
+
+def test_an_existing_video_csv_is_refused_as_on_the_local_engine(local_ray, media, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for engine in ("local", "ray"):
+        (tmp_path / engine).mkdir()
+        (tmp_path / engine / "clip.csv").write_text("kept\n")
+    photo = str(sorted(media.glob("*.jpg"))[0])
+    local, ray, local_dir, ray_dir = _both_engines(tmp_path, sources=[str(media / "clip.mp4"), photo])
+
+    assert results_to_json(ray).replace(str(ray_dir), str(local_dir)) == results_to_json(local)
+    assert "already exists" in ray[1].error and (ray_dir / "clip.csv").read_text() == "kept\n"
 
 
 def test_predict_dataset_composes_with_a_users_dataset(local_ray, media):

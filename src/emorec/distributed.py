@@ -344,14 +344,14 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
     photos = [str(path) for path, _ in expand_sources(images) if not is_video(path)]
     video_jobs = _video_jobs(videos, cfg)
     class_names = read_info(model_path(cfg.model)).class_names
+    paths = photos + [job.source for job in video_jobs if isinstance(job, _VideoJob)]
+    if not paths:
+        return errors + video_jobs
     remote = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
     with ray_session(cfg.address, cfg.cpus) as cpus, _parquet_sink(parquet, class_names) as sink:
         import ray.data
 
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows are matched to inputs
-        paths = photos + [job.source for job in video_jobs if isinstance(job, _VideoJob)]
-        if not paths:
-            return errors + video_jobs
         actors = cfg.actors or default_actors(cpus)
         if actors * ACTOR_CPUS + 1 > cpus:  # else no CPU is left for decoding, and the job waits forever
             raise ValueError(f"--actors {actors} leaves no CPU for decoding on a Ray with {cpus} CPUs; "
@@ -444,7 +444,7 @@ def _photo_result(stream: _Peekable, path: str, class_names: list[str]) -> Image
 def _video_result(stream: _Peekable, job: _VideoJob, cfg: PredictConfig, class_names: list[str]) -> ImageResult:
     """Write a video's CSV from its frame rows (smoothed here, in time order) and return its result."""
     first = stream.head
-    if first is not None and first["frame"] is None:  # it could not be opened
+    if first is not None and first["source"] == job.source and first["frame"] is None:  # it could not be opened
         return ImageResult(job.source, error=stream.take()["error"])
     summary = VideoSummary(job.source, fps=job.fps, csv_path=str(job.csv_path))
     previous: dict[int, np.ndarray] = {}
