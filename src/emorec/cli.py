@@ -458,7 +458,7 @@ def _add_predict(commands) -> None:
     scale.add_argument("--engine", choices=ENGINES, default="local", help="local (default) or ray: Ray Data on a "
                        "local Ray started for the command, or on a cluster with --address")
     scale.add_argument("--address", help="ray: a running Ray cluster, e.g. ray://head:10001 (default: $RAY_ADDRESS)")
-    scale.add_argument("--cpus", type=_int_range(1, 100_000), default=0, help="ray: CPUs a local Ray may use (default: all)")
+    scale.add_argument("--cpus", type=_int_range(1, 100_000), default=0, help="ray: CPUs a local Ray decodes on (default: all); the actors come on top")
     scale.add_argument("--actors", type=_int_range(1, 100_000), default=0,
                        help="ray: classifier actors, each loading the model once (default: one per 3 CPUs)")
     scale.add_argument("--parquet", metavar="DIR", help="ray: also write every row to DIR/results.parquet")

@@ -222,7 +222,7 @@ class PredictConfig:
     exist_ok: bool = _field(False, "allow overwriting annotated outputs")
     engine: str = _field("local", "local (threads in this process) or ray (Ray Data: a local Ray or a cluster)")
     address: str | None = _field(None, "ray: address of a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
-    cpus: int = _field(0, "ray: CPUs a local Ray may use (0: all)")
+    cpus: int = _field(0, "ray: CPUs a local Ray decodes on (0: all); the classifier actors come on top")
     actors: int = _field(0, "ray: classifier actors, each loading the model once (0: one per 3 CPUs)")
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import pickle
 import warnings
@@ -348,7 +349,10 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
     if not paths:
         return errors + video_jobs
     remote = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
-    with ray_session(cfg.address, cfg.cpus) as cpus, _parquet_sink(parquet, class_names) as sink:
+    # A local Ray gets the actors' share on top of the CPUs that decode: an actor mostly waits for faces.
+    decoding = cfg.cpus or os.cpu_count() or 1
+    local_cpus = decoding + math.ceil((cfg.actors or default_actors(decoding)) * ACTOR_CPUS)
+    with ray_session(cfg.address, local_cpus) as cpus, _parquet_sink(parquet, class_names) as sink:
         import ray.data
 
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows are matched to inputs
