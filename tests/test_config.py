@@ -170,3 +170,11 @@ def test_a_run_config_rebuilds_the_same_config(tmp_path):
     cfg.save(tmp_path / "config.json")
     values = read_config_file(tmp_path / "config.json")
     assert train_config(values.pop("recipe"), **values) == cfg
+
+
+def test_devices_are_a_count_or_all():
+    assert train_config(data="faces", devices=2).devices == "2"
+    assert train_config(data="faces", devices="ALL").devices == "all"
+    for bad in ("0", "two", -1, True):
+        with pytest.raises(ConfigError, match="devices"):
+            train_config(data="faces", devices=bad)

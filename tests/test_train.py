@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import tempfile
 
 import cv2
@@ -380,3 +381,54 @@ def test_save_pack_refuses_splits_with_other_classes(fer_tree, tmp_path):
     with pytest.raises(DatasetError, match="differ"):
         save_pack(tmp_path / "faces.npz", {"train": train_data, "val": val_data})
     assert not (tmp_path / "faces.npz").exists()
+
+
+# ----------------------------------------------------------------------------
+# Data-parallel training (`--devices`): Keras' DataParallel on JAX, two virtual CPU devices
+# ----------------------------------------------------------------------------
+
+TWO_CPU_DEVICES = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+SAME_LOSS = 1e-3  # relative: the same global batches on 1 or 2 devices differ only in summation order
+
+
+def _train_on_jax(data, project, *flags) -> subprocess.CompletedProcess:
+    import os
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, **TWO_CPU_DEVICES, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "emorec", "train", str(data), "--epochs", "1", "--batch-size", "16", "--patience",
+               "0", "--seed", "5", "--project", str(project), *flags]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_devices_need_the_jax_backend(fer_binary, tmp_path, capsys):
+    from emorec import cli
+
+    assert cli.main(["train", str(fer_binary["train"]), "--devices", "2", "--project", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == ("emorec train: error: argument --devices: training on several devices "
+                                               "needs the JAX backend (set KERAS_BACKEND=jax); this is tensorflow")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_two_devices_train_like_one(fer_binary, tmp_path):
+    one = _train_on_jax(fer_binary["train"], tmp_path, "--name", "one")
+    two = _train_on_jax(fer_binary["train"], tmp_path, "--name", "two", "--devices", "2")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert "data-parallel training on 2 devices (cpu:0, cpu:1)" in two.stdout
+    assert "data-parallel" not in one.stdout
+
+    runs = {name: tmp_path / name for name in ("one", "two")}
+    layout = {name: sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) for name, run in runs.items()}
+    assert layout["one"] == layout["two"]
+    configs = {name: json.loads((run / "config.json").read_text()) for name, run in runs.items()}
+    assert (configs["one"]["devices"], configs["two"]["devices"]) == ("1", "2")
+    losses = {name: json.loads((run / "history.json").read_text())["loss"][0] for name, run in runs.items()}
+    assert losses["two"] == pytest.approx(losses["one"], rel=SAME_LOSS)
+
+    more = _train_on_jax(fer_binary["train"], tmp_path, "--name", "three", "--devices", "3")
+    assert more.returncode == 2 and not (tmp_path / "three").exists()
+    assert more.stderr.strip().splitlines()[-1] == ("emorec train: error: argument --devices: 3 devices asked for, "
+                                                    "but this machine has 2: cpu:0, cpu:1")

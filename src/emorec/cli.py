@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from emorec import __version__
-from emorec.config import CHOICES, RECIPES, TTA_MODES, ConfigError, ExplainConfig, PredictConfig, ServeConfig, TrainConfig
+from emorec.config import (CHOICES, ENGINES, RECIPES, TTA_MODES, ConfigError, ExplainConfig, PredictConfig, ServeConfig,
+                           TrainConfig)
 from emorec.extras import MissingExtra, missing_message
 
 
@@ -543,6 +544,14 @@ def _add_predict(commands) -> None:
     output = cmd.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print results as JSON")
     output.add_argument("--csv", metavar="FILE", help="write one row per face to FILE")
+    scale = cmd.add_argument_group("scaling out (needs emorec[ray]; see docs/scaling.md)")
+    scale.add_argument("--engine", choices=ENGINES, default="local", help="local (default) or ray: Ray Data on a "
+                       "local Ray started for the command, or on a cluster with --address")
+    scale.add_argument("--address", help="ray: a running Ray cluster, e.g. ray://head:10001 (default: $RAY_ADDRESS)")
+    scale.add_argument("--cpus", type=_int_range(1, 100_000), default=0, help="ray: CPUs a local Ray decodes on (default: all); the actors come on top")
+    scale.add_argument("--actors", type=_int_range(1, 100_000), default=0,
+                       help="ray: classifier actors, each loading the model once (default: one per 3 CPUs)")
+    scale.add_argument("--parquet", metavar="DIR", help="ray: also write every row to DIR/results.parquet")
     cmd.set_defaults(handler=_predict)
 
 
@@ -557,11 +566,20 @@ def _predict(args) -> int:
         raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
     _check_predict_outputs(args, sources)
     cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
-                        save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok)
-    recognizer = predict.Recognizer.from_config(cfg)
-    results = predict.run_predict(cfg, progress=not args.json, recognizer=recognizer)
+                        save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok,
+                        engine=args.engine, address=args.address, cpus=args.cpus, actors=args.actors)
+    if cfg.engine == "ray":
+        from emorec.distributed import run_predict_ray
+        from emorec.runtime import model_path, read_info
+
+        results = run_predict_ray(cfg, progress=not args.json, parquet=args.parquet)
+        class_names = read_info(model_path(cfg.model)).class_names
+    else:
+        recognizer = predict.Recognizer.from_config(cfg)
+        results = predict.run_predict(cfg, progress=not args.json, recognizer=recognizer)
+        class_names = recognizer.class_names
     if args.csv:
-        output.write_csv(results, args.csv, recognizer.class_names)
+        output.write_csv(results, args.csv, class_names)
     say(*(output.results_to_json(results) if args.json else output.format_results(results)).splitlines())
     if args.csv:
         say(f"wrote {args.csv}")
@@ -578,6 +596,15 @@ def _check_predict_outputs(args, sources: list[str]) -> None:
             raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
     if args.save_annotated:
         check_output_path(args.save_annotated, sources, folder=True)
+    ray_only = [flag for flag in ("address", "cpus", "actors", "parquet") if getattr(args, flag)]
+    if ray_only and args.engine != "ray":
+        raise ValueError(f"--{ray_only[0]} goes with --engine ray")
+    if args.parquet:
+        from emorec.distributed import PARQUET_NAME
+
+        check_output_path(args.parquet, sources, folder=True)
+        if (Path(args.parquet) / PARQUET_NAME).exists() and not args.exist_ok:
+            raise FileExistsError(f"{Path(args.parquet) / PARQUET_NAME}: already exists (use --exist-ok to replace it)")
 
 
 # ----------------------------------------------------------------------------

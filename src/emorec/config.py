@@ -21,6 +21,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 LABEL_TARGETS = ("soft", "majority")  # see emorec.labels
 LABEL_UNSURE = ("drop", "soft")
 TTA_MODES = ("none", "flip", "multi")  # test-time augmentation: see emorec.model.tta_views
+ENGINES = ("local", "ray")  # where `emorec predict` runs: see emorec.distributed
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,8 @@ class TrainConfig:
     patience: int = _field(10, "early-stopping patience in epochs (0 disables it)")
     mixed_precision: bool = _field(False, "train in bfloat16 mixed precision (GPU); saved in float32")
     time_limit: float = _field(0.0, "stop after this many minutes, keeping the best (0: none)")
+    devices: str = _field("1", "data-parallel training on N devices or 'all' (JAX backend: KERAS_BACKEND=jax); "
+                               "each step's batch is split across them")
     seed: int = _field(1337, "seed for the split, shuffling and initialisation")
     project: str = _field("runs", "parent folder of run folders")
     name: str = _field("", "run folder name; default is the architecture name")
@@ -115,6 +118,7 @@ class TrainConfig:
                               "0 needs a separate validation set (--val DIR)")
         if self.name:
             _check_folder_name("name", self.name)
+        self.devices = _check_devices(self.devices)
 
     @property
     def channels(self) -> int:
@@ -271,11 +275,18 @@ class PredictConfig:
     stride: int = _field(1, "video: classify every stride-th frame")
     smooth: float = _field(0.0, "video: exponential smoothing of probabilities (0 = off, <1)")
     exist_ok: bool = _field(False, "allow overwriting annotated outputs")
+    engine: str = _field("local", "local (threads in this process) or ray (Ray Data: a local Ray or a cluster)")
+    address: str | None = _field(None, "ray: address of a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    cpus: int = _field(0, "ray: CPUs a local Ray decodes on (0: all); the classifier actors come on top")
+    actors: int = _field(0, "ray: classifier actors, each loading the model once (0: one per 3 CPUs)")
 
     def __post_init__(self) -> None:
         self.tta = tta_mode(self.tta)
         _check_range("stride", self.stride, 1, 100_000)
         _check_range("smooth", self.smooth, 0.0, 0.99)
+        _check_choice("engine", self.engine, ENGINES)
+        _check_range("cpus", self.cpus, 0, 100_000)
+        _check_range("actors", self.actors, 0, 100_000)
 
 
 @dataclass
@@ -331,6 +342,15 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         problem = f"{value!r} is out of range [{low}, {high}]"
         raise ConfigError(f"{name}={problem}", name, problem)
+
+
+def _check_devices(value: Any) -> str:
+    """A device count: a whole number of at least 1, or "all" (stored as text either way)."""
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or not (text == "all" or (text.isdigit() and int(text) >= 1)):
+        problem = f"{value!r} is not a number of devices (1, 2, ...) or 'all'"
+        raise ConfigError(f"devices={problem}", "devices", problem)
+    return text if text == "all" else str(int(text))
 
 
 def _check_folder_name(name: str, value: str) -> None:

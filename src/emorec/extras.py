@@ -3,7 +3,7 @@
 The base install (`pip install emorec`) predicts and evaluates with ONNX
 Runtime. Training, `show`, `export` and `.keras` models need the `train`
 extra (Keras, TensorFlow CPU, Matplotlib, tf2onnx); `emorec serve` the
-`serve` extra (FastAPI, Uvicorn).
+`serve` extra (FastAPI, Uvicorn); `predict --engine ray` the `ray` extra (Ray Data).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ EXTRA_OF = {
     "fastapi": "serve",
     "uvicorn": "serve",
     "multipart": "serve",
+    "ray": "ray",
+    "pyarrow": "ray",
     "onnxruntime": "",  # part of the base install
 }
 

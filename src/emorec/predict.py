@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import cv2
+import numpy as np
 
 from emorec.config import PredictConfig
 from emorec.data import IMAGE_EXTENSIONS, ImageReadError, read_image
@@ -57,7 +58,7 @@ def iter_sources(paths: Iterable[str | Path]) -> Iterator[Path]:
 
 
 def expand_sources(paths: Iterable[str | Path]) -> list[tuple[Path, Path]]:
-    """(file, output name) pairs; the name keeps the path below a folder source."""
+    """(file, output name) pairs of iter_sources; the name keeps the path below a folder source."""
     pairs = []
     for source in map(Path, paths):
         if not source.is_dir():
@@ -95,8 +96,8 @@ def predict_images(cfg: PredictConfig, progress: bool = True, recognizer: Recogn
     recognizer = recognizer or Recognizer.from_config(cfg)
 
     def read_and_prepare(position: int):
-        image = read_image(pairs[position][0], reduce=True)  # a photo over the pixel limit is decoded smaller
-        return (image if out_dir is not None else None), recognizer.prepare(image)
+        image, prepared = read_photo(recognizer, pairs[position][0])
+        return (image if out_dir is not None else None), prepared
 
     results: list[ImageResult | None] = [None] * len(pairs)
     waiting: list[tuple[int, object, Prepared]] = []  # (position, image or None, prepared)
@@ -123,8 +124,14 @@ def predict_images(cfg: PredictConfig, progress: bool = True, recognizer: Recogn
     return results
 
 
+def read_photo(recognizer: Recognizer, path: Path) -> tuple[np.ndarray, Prepared]:
+    """A photo decoded (smaller when over the pixel limit) and its faces located and cropped: safe in any worker."""
+    image = read_image(path, reduce=True)
+    return image, recognizer.prepare(image)
+
+
 def error_line(path: Path, error: Exception) -> str:
-    """The one-line reason a photo failed, naming the file once."""
+    """The one-line reason a photo failed, naming the file once (other errors are raised again)."""
     if isinstance(error, ImageReadError):
         return str(error)
     if isinstance(error, (ValueError, cv2.error, OSError)):  # decoded but unusable: report, don't stop the batch
@@ -156,18 +163,25 @@ def run_predict(cfg: PredictConfig, progress: bool = True, recognizer: Recognize
     A folder without images or videos gives an ImageResult with error set.
     """
     recognizer = recognizer or Recognizer.from_config(cfg)
-    images = [s for s in cfg.sources if webcam_index(s) is None and not is_video(s)]
-    videos = [(s, None) for s in cfg.sources if webcam_index(s) is not None or is_video(s)]
-    folders = {s: expand_sources([s]) for s in images if Path(s).is_dir()}  # each folder walked once here
-    videos += [(str(p), name) for pairs in folders.values() for p, name in pairs if is_video(p)]
-    results = [ImageResult(str(s), error=f"{s}: no images or videos in this folder") for s, files in folders.items()
-               if not files]
+    results, images, videos = plan_sources(cfg.sources)
     if images:
         image_cfg = PredictConfig(**{**cfg.__dict__, "sources": images})
         results += predict_images(image_cfg, progress, recognizer)
     for source, name in videos:
         results.append(_run_video(source, name, cfg, recognizer, progress))
     return results
+
+
+def plan_sources(sources: list[str]) -> tuple[list[ImageResult], list[str], list[tuple[str, Path | None]]]:
+    """How run_predict splits its sources: error results for folders without media, the photo sources
+    (files and folders, expanded by predict_images) and the (video or webcam, output name) pairs."""
+    images = [s for s in sources if webcam_index(s) is None and not is_video(s)]
+    videos = [(s, None) for s in sources if webcam_index(s) is not None or is_video(s)]
+    folders = {s: expand_sources([s]) for s in images if Path(s).is_dir()}  # each folder walked once here
+    videos += [(str(p), name) for pairs in folders.values() for p, name in pairs if is_video(p)]
+    errors = [ImageResult(str(s), error=f"{s}: no images or videos in this folder") for s, files in folders.items()
+              if not files]
+    return errors, images, videos
 
 
 def video_outputs(source: str | Path, cfg: PredictConfig, name: Path | None = None) -> tuple[Path, Path | None]:

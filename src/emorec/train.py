@@ -19,7 +19,9 @@ leaves the files of its last completed epoch, and `resume` continues from there.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import importlib.util
 import io
 import json
@@ -35,7 +37,7 @@ import numpy as np
 import keras
 
 from emorec import data as data_lib
-from emorec.config import TrainConfig, read_config_file
+from emorec.config import ConfigError, TrainConfig, read_config_file
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
 from emorec.files import atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
 from emorec.labels import LabelledImages, match_images, read_label_file
@@ -518,6 +520,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
     """
     if not cfg.data:
         raise data_lib.DatasetError("no training data given")
+    data_parallel(cfg)  # a device count this machine cannot give fails before anything is read or written
     cfg = cfg.with_absolute_paths()
     if cfg.weights:
         read_info(model_path(cfg.weights))  # a missing or foreign file fails before the data loads
@@ -539,6 +542,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
         raise ValueError(f"{run_dir}: the run is complete; nothing to resume")
     values = read_config_file(run_dir / "config.json")
     cfg = train_config(values.pop("recipe", ""), **values)
+    data_parallel(cfg)
     sources = check_training_data(cfg, progress)
     last = run_dir / "weights" / "last.keras"
     if last.is_file() and read_info(last).class_names != sources.class_names:
@@ -614,7 +618,61 @@ class _Run:
             save_figure(plot_history(history, metric), self.dir / f"{metric}.png")
 
 
+def data_parallel(cfg: TrainConfig) -> keras.distribution.DataParallel | None:
+    """The keras.distribution.DataParallel that cfg.devices asks for (None for one device).
+
+    Raises ConfigError (naming --devices) when the backend is not JAX, when
+    fewer devices exist than asked for, or when the batch does not split
+    evenly across them.
+    """
+    if cfg.devices == "1":
+        return None
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise ConfigError(f"devices={cfg.devices} needs the JAX backend (KERAS_BACKEND=jax), not {backend}", "devices",
+                          f"training on several devices needs the JAX backend (set KERAS_BACKEND=jax); this is {backend}")
+    available = keras.distribution.list_devices()
+    count = len(available) if cfg.devices == "all" else int(cfg.devices)
+    if count > len(available):
+        problem = f"{count} devices asked for, but this machine has {len(available)}: {', '.join(available)}"
+        raise ConfigError(f"devices={problem}", "devices", problem)
+    if cfg.batch_size % count:
+        problem = f"a batch of {cfg.batch_size} does not split evenly over {count} devices; use a multiple of {count}"
+        raise ConfigError(f"devices={problem}", "devices", problem)
+    return keras.distribution.DataParallel(devices=available[:count]) if count > 1 else None
+
+
+def _even_batches(data: TrainingData, devices: int) -> TrainingData:
+    """The data with every batch a multiple of devices long, as sharding needs: a last, partial batch is cut
+    to a multiple (at most devices - 1 images per epoch left out of training and of the per-epoch
+    validation; the final report still uses every validation image)."""
+    if isinstance(data.train, tuple):
+        trim = lambda arrays: tuple(a[: len(a) - len(a) % devices] for a in arrays)  # noqa: E731
+        return dataclasses.replace(data, train=trim(data.train), val=trim(data.val))
+    import tensorflow as tf
+
+    def cut(images, targets):
+        keep = tf.shape(images)[0] - tf.shape(images)[0] % devices
+        return images[:keep], targets[:keep]
+
+    even = lambda dataset: dataset.map(cut).filter(lambda images, _: tf.shape(images)[0] > 0)  # noqa: E731
+    return dataclasses.replace(data, train=even(data.train), val=even(data.val))
+
+
 def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, state: RunState, progress: bool) -> RunResult:
+    with _on_devices(cfg, data, progress) as batches:  # the model is built inside: its variables live there
+        run, checkpoint = _fit(cfg, data, batches, run_dir, state, progress)
+    if checkpoint.diverged_epoch:
+        raise TrainingDiverged(_diverged_message(run_dir, checkpoint.diverged_epoch))
+    best, _ = load_model(run.best_path)
+    report = _final_report(best, data, run_dir)
+    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # complete: nothing left to resume
+    return RunResult(run_dir, run.best_path, state.history, report, state.seconds, cfg)
+
+
+def _fit(cfg: TrainConfig, data: TrainingData, batches: TrainingData, run_dir: Path, state: RunState,
+         progress: bool) -> tuple["_Run", "RunCheckpoint"]:
+    """Build, compile and fit the model on batches (data, split evenly over the devices); the run and its checkpoint."""
     num_classes = len(data.class_names)
     keras.config.set_dtype_policy("mixed_bfloat16" if cfg.mixed_precision else "float32")
     try:  # layers keep the policy they were built with; the global one goes back at once
@@ -641,18 +699,29 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, state: Ru
     if state.epoch < cfg.epochs and not state.stopped:
         fit_args = dict(epochs=cfg.epochs, initial_epoch=state.epoch, class_weight=weights, callbacks=callbacks,
                         verbose=(1 if sys.stdout.isatty() else 2) if progress else 0)
-        if isinstance(data.train, tuple):
-            images, targets = data.train
+        if isinstance(batches.train, tuple):
+            images, targets = batches.train
             model.fit(images, targets, batch_size=cfg.batch_size, shuffle=True,
-                      validation_data=data.val, validation_batch_size=512, **fit_args)
+                      validation_data=batches.val, validation_batch_size=512, **fit_args)
         else:
-            model.fit(data.train, validation_data=data.val, shuffle=False, **fit_args)  # reshuffled by tf.data
-    if checkpoint.diverged_epoch:
-        raise TrainingDiverged(_diverged_message(run_dir, checkpoint.diverged_epoch))
-    best, _ = load_model(run.best_path)
-    report = _final_report(best, data, run_dir)
-    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # complete: nothing left to resume
-    return RunResult(run_dir, run.best_path, state.history, report, state.seconds, cfg)
+            model.fit(batches.train, validation_data=batches.val, shuffle=False, **fit_args)  # reshuffled by tf.data
+    return run, checkpoint
+
+
+@contextlib.contextmanager
+def _on_devices(cfg: TrainConfig, data: TrainingData, progress: bool):
+    """The DataParallel distribution of cfg.devices for the block, and data whose batches split evenly
+    over its devices (on one device: no distribution, the data as it is)."""
+    distribution = data_parallel(cfg)
+    if distribution is None:
+        yield data
+        return
+    devices = distribution.device_mesh.devices.ravel().tolist()
+    if progress:
+        print(f"data-parallel training on {len(devices)} devices ({', '.join(devices)}): {cfg.batch_size // len(devices)} "
+              f"images of each batch of {cfg.batch_size} per device", flush=True)
+    with distribution.scope():
+        yield _even_batches(data, len(devices))
 
 
 def _diverged_message(run_dir: Path, epoch: int) -> str:

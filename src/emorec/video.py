@@ -67,11 +67,11 @@ def predict_video(
     check_targets(targets, cfg.exist_ok)
     recognizer = recognizer or Recognizer.from_config(cfg)
     capture = open_capture(source)
-    summary = VideoSummary(str(source), fps=_capture_fps(capture), csv_path=str(csv_path))
+    summary = VideoSummary(str(source), fps=capture_fps(capture), csv_path=str(csv_path))
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if webcam_index(source) is None else 0
     writer = _VideoSink(Path(annotated_path), summary.fps) if annotated_path else None
     try:
-        with _CsvSink(Path(csv_path), recognizer.class_names) as rows, _frames_bar(total, progress) as bar:
+        with FrameCsv(Path(csv_path), recognizer.class_names) as rows, _frames_bar(total, progress) as bar:
             try:
                 _video_loop(capture, recognizer, cfg, summary, rows, writer, bar)
             except KeyboardInterrupt:
@@ -109,7 +109,7 @@ def _video_loop(capture, recognizer: Recognizer, cfg: PredictConfig, summary: Vi
             if prepared is not None:
                 faces = smooth_faces(recognizer.classify_prepared([prepared])[0], previous, cfg.smooth)
                 rows.write(index / summary.fps, index, faces)
-                _count(summary, faces)
+                count_faces(summary, faces)
             if writer is not None:
                 writer.write(annotate(frame, faces))
             summary.frames += 1
@@ -133,7 +133,8 @@ def open_capture(source: str | Path | int) -> cv2.VideoCapture:
     return capture
 
 
-def _capture_fps(capture: cv2.VideoCapture) -> float:
+def capture_fps(capture: cv2.VideoCapture) -> float:
+    """The frame rate a capture reports, or 30 where it reports none (webcams)."""
     fps = capture.get(cv2.CAP_PROP_FPS)
     return float(fps) if fps and 0 < fps < 1000 else 30.0  # webcams often report 0
 
@@ -164,14 +165,15 @@ def smooth_faces(faces: list[FaceResult], previous: dict[int, np.ndarray], alpha
     return smoothed
 
 
-def _count(summary: VideoSummary, faces: list[FaceResult]) -> None:
+def count_faces(summary: VideoSummary, faces: list[FaceResult]) -> None:
+    """Add one classified frame and its faces to a summary."""
     summary.classified_frames += 1
     summary.face_rows += len(faces)
     for face in faces:
         summary.emotions[face.emotion] = summary.emotions.get(face.emotion, 0) + 1
 
 
-class _CsvSink:
+class FrameCsv:
     """Per-frame CSV rows, written through the atomic writer: in place on success, removed after an error."""
 
     def __init__(self, path: Path, class_names: list[str]):

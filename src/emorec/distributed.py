@@ -1,0 +1,481 @@
+"""Batch inference past one machine: `emorec predict --engine ray` and `predict_dataset` on Ray Data.
+
+The work is the local engine's (emorec.predict), spread over a Ray cluster
+(or a Ray started on this machine for one command):
+
+1. planning tasks turn each path into work: a photo stays one item, a video
+   is split into ranges of FRAMES_PER_TASK frames;
+2. decoding tasks read each photo or frame range and locate and crop the
+   faces (`read_photo` and `Recognizer.prepare`, the local engine's own);
+3. a pool of classifier actors, each loading the ONNX model once, classifies
+   the faces of many photos and frames per model call and turns them into
+   result rows (one per face, or one for a photo or frame without faces or
+   with an error).
+
+Rows are flat, so they go straight to Parquet; `results_from_rows` turns
+them back into the local engine's `ImageResult`s, so `--csv`, `--json` and
+the text lines are the local engine's, written by the same writers. Bad
+files give the same error rows and never fail the job. Video rows come back
+in time order; the per-video CSV (and smoothing, which runs across frames)
+is written on the driver by the local engine's writer.
+
+Needs the `ray` extra (`pip install 'emorec[ray]'`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from emorec.config import PredictConfig
+from emorec.files import atomic_path, check_targets
+from emorec.predict import PHOTOS_PER_CALL, error_line, expand_sources, plan_sources, read_photo, video_outputs
+from emorec.recognizer import Recognizer
+from emorec.results import FaceResult, ImageResult, VideoSummary
+from emorec.runtime import load_runtime, model_path, read_info
+from emorec.video import FrameCsv, capture_fps, count_faces, is_video, open_capture, read_frames, smooth_faces
+
+FRAMES_PER_TASK = 300  # frames one decoding task reads from a video (10 s at 30 fps)
+CPUS_PER_ACTOR = 3  # default pool: one classifier per 3 CPUs (a face: ~10 ms of a core to classify, ~14 to find)
+ACTOR_CPUS = 0.5  # what an actor reserves: it waits for decoded faces most of the time
+PARQUET_NAME = "results.parquet"
+
+
+class EngineError(ValueError):
+    """Ray could not start, connect or finish the job; the message is one line."""
+
+
+# ----------------------------------------------------------------------------
+# Rows: the flat form of results, for Parquet and between the stages
+# ----------------------------------------------------------------------------
+
+
+def row_schema(class_names: list[str]):
+    """The Arrow schema of result rows: where (source, frame, time_s), which face and its box, the
+    detector score, one probability column per class, the top emotion, and the error if any."""
+    import pyarrow as pa
+
+    return pa.schema([("source", pa.string()), ("frame", pa.int64()), ("time_s", pa.float64()), ("face", pa.int32()),
+                      *[(key, pa.int32()) for key in "xywh"], ("score", pa.float64()),
+                      *[(name, pa.float64()) for name in class_names], ("emotion", pa.string()), ("error", pa.string())])
+
+
+def rows_of(result: ImageResult, class_names: list[str], frame: int | None = None,
+            time_s: float | None = None) -> list[dict[str, Any]]:
+    """The rows of one photo (or video frame): one per face, or one with empty face fields."""
+    where = {"source": result.source, "frame": frame, "time_s": time_s}
+    empty = {"face": None, **dict.fromkeys("xywh"), "score": None, **dict.fromkeys(class_names), "emotion": None}
+    if not result.faces:
+        return [{**where, **empty, "error": result.error}]
+    rows = []
+    for number, face in enumerate(result.faces, 1):
+        box = dict(zip("xywh", face.box)) if face.box is not None else dict.fromkeys("xywh")
+        rows.append({**where, "face": number, **box, "score": face.score, **face.probabilities, "emotion": face.emotion,
+                     "error": None})
+    return rows
+
+
+def faces_of(rows: list[dict[str, Any]], class_names: list[str]) -> list[FaceResult]:
+    """The faces that rows_of wrote for one photo or frame."""
+    faces = []
+    for row in rows:
+        if row["face"] is not None:
+            box = None if row["x"] is None else tuple(row[key] for key in "xywh")
+            faces.append(FaceResult(box, {name: row[name] for name in class_names}, row["score"]))
+    return faces
+
+
+# ----------------------------------------------------------------------------
+# The stages (run in Ray tasks and actors)
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the stages need to know, sent to every task and actor."""
+
+    model: str | None = None
+    detector: str = "auto"
+    detect: bool = True
+    tta: str = "none"
+    stride: int = 1
+    frames_per_task: int = FRAMES_PER_TASK
+
+
+_RECOGNIZERS: dict[Options, Recognizer] = {}
+
+
+def _recognizer(options: Options) -> Recognizer:
+    """One Recognizer per worker process and options (loaded on first use, one ONNX thread: Ray runs many workers)."""
+    if options not in _RECOGNIZERS:
+        cv2.setNumThreads(1)
+        runtime = load_runtime(options.model, threads=1)
+        _RECOGNIZERS[options] = Recognizer(runtime=runtime, detector=options.detector, detect=options.detect,
+                                           tta=options.tta)
+    return _RECOGNIZERS[options]
+
+
+def _plan(row: dict[str, Any], options: Options) -> list[dict[str, Any]]:
+    """A photo: itself. A video: its frame ranges (the last one reads to the end), or an error."""
+    path = row["path"]
+    if not is_video(path):
+        return [{"source": path, "start": -1, "stop": -1, "fps": 0.0, "error": None}]
+    try:
+        capture = open_capture(path)
+    except ValueError as error:
+        return [{"source": path, "start": -1, "stop": -1, "fps": 0.0, "error": str(error)}]
+    try:
+        fps, count = capture_fps(capture), max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 1)
+    finally:
+        capture.release()
+    step = max(options.frames_per_task // options.stride, 1) * options.stride  # ranges start on classified frames
+    starts = list(range(0, count, step))
+    return [{"source": path, "start": start, "stop": start + step if start != starts[-1] else -1, "fps": fps,
+             "error": None} for start in starts]
+
+
+def _decode(row: dict[str, Any], options: Options) -> list[dict[str, Any]]:
+    """A photo or a frame range decoded, its faces located and cropped (pickled Prepared), or the error."""
+    recognizer = _recognizer(options)
+    source = row["source"]
+    if row["error"] is not None:
+        return [{"source": source, "frame": None, "time_s": None, "prepared": None, "error": row["error"]}]
+    if row["start"] < 0:
+        try:
+            _, prepared = read_photo(recognizer, Path(source))
+        except Exception as error:  # noqa: BLE001 - error_line re-raises what is not a bad file
+            return [{"source": source, "frame": None, "time_s": None, "prepared": None,
+                     "error": error_line(Path(source), error)}]
+        return [{"source": source, "frame": None, "time_s": None, "prepared": pickle.dumps(prepared), "error": None}]
+    return list(_decode_frames(source, row["start"], row["stop"], row["fps"], recognizer, options.stride))
+
+
+def _decode_frames(source: str, start: int, stop: int, fps: float, recognizer: Recognizer,
+                   stride: int) -> Iterator[dict[str, Any]]:
+    capture = open_capture(source)
+    try:
+        if start:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+        for offset, frame in read_frames(capture):
+            index = start + offset
+            if stop >= 0 and index >= stop:
+                return
+            if index % stride == 0:
+                prepared = recognizer.prepare(frame)
+                yield {"source": source, "frame": index, "time_s": index / fps, "prepared": pickle.dumps(prepared),
+                       "error": None}
+    finally:
+        capture.release()
+
+
+class Classifier:
+    """A Ray Data actor: loads the model once, classifies the faces of a batch of photos and frames in one call."""
+
+    def __init__(self, options: Options):
+        self.recognizer = _recognizer(options)
+        self.schema = row_schema(self.recognizer.class_names)
+
+    def __call__(self, batch) -> Any:
+        """A pyarrow batch of decoded items -> a pyarrow table of result rows, in the same order."""
+        import pyarrow as pa
+
+        items = batch.to_pylist()
+        ready = [item for item in items if item["error"] is None]
+        faces = iter(self.recognizer.classify_prepared([pickle.loads(item["prepared"]) for item in ready]))
+        rows = []
+        for item in items:
+            result = ImageResult(item["source"], error=item["error"]) if item["error"] is not None else \
+                ImageResult(item["source"], next(faces))
+            rows += rows_of(result, self.recognizer.class_names, item["frame"], item["time_s"])
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+def predict_dataset(dataset, model: str | None = None, detector: str = "auto", detect: bool = True,
+                    tta: str = "none", stride: int = 1, actors: int | tuple[int, int] = 1,
+                    frames_per_task: int = FRAMES_PER_TASK, batch_size: int = PHOTOS_PER_CALL,
+                    restart_actors: bool = True):
+    """A Ray Dataset of result rows (see `row_schema`) for a Ray Dataset with a `path` column.
+
+    Each path is a photo or a video file (by extension) that every Ray
+    worker can read. Photos give one row per face (one row without face
+    fields when none was found, or with `error` set when the file is
+    unusable); videos give the rows of every stride-th frame, with `frame`
+    and `time_s` set. actors is the size of the classifier pool (or a
+    (min, max) range for Ray to scale within); restart_actors=False
+    (for a Ray on one machine) turns off Ray's restarting of lost actors. With the DataContext's
+    `preserve_order` on, rows come in input order and frames in time order.
+    """
+    import ray.data
+
+    read_info(model_path(model))  # a missing or foreign model fails here, not in every worker
+    options = Options(str(model) if model is not None else None, detector, detect, tta, stride, frames_per_task)
+    pool = ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]) if isinstance(actors, tuple) \
+        else ray.data.ActorPoolStrategy(size=actors)
+    planned = dataset.flat_map(_plan, fn_kwargs={"options": options})
+    decoded = planned.flat_map(_decode, fn_kwargs={"options": options})
+    # Ray restarts lost actors (a node that went away), and then logs an error line per actor at start-up;
+    # on one machine nothing can be lost without the whole job, so a local run asks for no restarts.
+    restarts = {} if restart_actors else {"max_restarts": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # passing max_restarts is "deprecated" in favour of nothing yet
+        return decoded.map_batches(Classifier, fn_constructor_kwargs={"options": options}, compute=pool,
+                                   num_cpus=ACTOR_CPUS, batch_size=batch_size, batch_format="pyarrow", **restarts)
+
+
+# ----------------------------------------------------------------------------
+# Ray for one command
+# ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, cpus: int = 0) -> Iterator[int]:
+    """Connect to the Ray cluster at address (or $RAY_ADDRESS), else start a quiet local Ray with cpus CPUs
+    (0: all); yields the cluster's CPU count. A local Ray is shut down at the end."""
+    from emorec.extras import require
+
+    require("ray", "--engine ray")
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None and ray.is_initialized():  # the caller's own Ray session: use it, leave it running
+        yield int(ray.cluster_resources().get("CPU", 1))
+        return
+    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        with _interrupts_deferred() as interrupted:  # Ray stopped half-way leaves its helper processes behind
+            if address:
+                _probe(address)
+                ray.init(address=address, **quiet)
+            else:
+                ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise EngineError(f"cannot {'connect to Ray at ' + address if address else 'start a local Ray'}: "
+                          f"{_last_line(error)}") from None
+    try:
+        if interrupted:
+            raise KeyboardInterrupt
+        _quiet_ray_data()
+        yield int(ray.cluster_resources().get("CPU", 1))
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[list]:
+    """Ctrl-C inside the block is recorded (the yielded list becomes non-empty) instead of raised."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    received: list = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(True))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """ConnectionError unless host:port of a Ray address accepts connections: Ray itself retries for minutes."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(error.strerror or str(error) or "no answer") from None
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's own progress bars and execution logs off: emorec shows its own bar."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _last_line(error: BaseException) -> str:
+    """The last non-empty line of an error: where Ray's exceptions say what went wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def default_actors(cpus: int) -> int:
+    """Classifier actors for a cluster of cpus CPUs when the user names none."""
+    return max(1, cpus // CPUS_PER_ACTOR)
+
+
+# ----------------------------------------------------------------------------
+# The `emorec predict --engine ray` entry
+# ----------------------------------------------------------------------------
+
+
+def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Path | None = None,
+                    frames_per_task: int = FRAMES_PER_TASK) -> list[ImageResult]:
+    """`run_predict` on Ray: the same results and the same per-video CSVs, from a local Ray or a cluster.
+
+    With parquet (a folder), every row is also written to parquet/results.parquet.
+    Videos are cut into ranges of frames_per_task frames, decoded in parallel.
+    """
+    if cfg.save_annotated:
+        raise ValueError("--save-annotated runs on the local engine only (leave out --engine ray)")
+    errors, images, videos = plan_sources(cfg.sources)
+    webcams = [source for source, name in videos if not is_video(source)]
+    if webcams:
+        raise ValueError(f"{webcams[0]}: a webcam runs on the local engine only (leave out --engine ray)")
+    photos = [str(path) for path, _ in expand_sources(images) if not is_video(path)]
+    video_jobs = _video_jobs(videos, cfg)
+    class_names = read_info(model_path(cfg.model)).class_names
+    paths = photos + [job.source for job in video_jobs if isinstance(job, _VideoJob)]
+    if not paths:
+        return errors + video_jobs
+    remote = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
+    # A local Ray gets the actors' share on top of the CPUs that decode: an actor mostly waits for faces.
+    decoding = cfg.cpus or os.cpu_count() or 1
+    local_cpus = decoding + math.ceil((cfg.actors or default_actors(decoding)) * ACTOR_CPUS)
+    with ray_session(cfg.address, local_cpus) as cpus, _parquet_sink(parquet, class_names) as sink:
+        import ray.data
+
+        ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows are matched to inputs
+        actors = cfg.actors or default_actors(cpus)
+        if actors * ACTOR_CPUS + 1 > cpus:  # else no CPU is left for decoding, and the job waits forever
+            raise ValueError(f"--actors {actors} leaves no CPU for decoding on a Ray with {cpus} CPUs; "
+                             f"use at most {int((cpus - 1) / ACTOR_CPUS)} actors")
+        dataset = ray.data.from_items([{"path": path} for path in paths])
+        rows = predict_dataset(dataset, cfg.model, cfg.detector, cfg.detect, cfg.tta, cfg.stride, actors=actors,
+                               frames_per_task=frames_per_task, restart_actors=remote)
+        stream = _Peekable(_rows(rows, sink, len(paths), progress))
+        try:
+            results = [_photo_result(stream, path, class_names) for path in photos]
+            results += [_video_result(stream, job, cfg, class_names) if isinstance(job, _VideoJob) else job
+                        for job in video_jobs]
+        except ray.exceptions.RayError as error:
+            raise EngineError(f"the Ray job failed: {_last_line(error)}") from None
+    return errors + results
+
+
+@dataclass
+class _VideoJob:
+    source: str
+    csv_path: Path
+    frames: int  # what the container says; the summary's frame count is checked against the rows
+    fps: float
+
+
+def _video_jobs(videos: list[tuple[str, Path | None]], cfg: PredictConfig) -> list[_VideoJob | ImageResult]:
+    """The videos to run, or error results for those whose CSV exists (the local engine's check), in order."""
+    jobs: list[_VideoJob | ImageResult] = []
+    for source, name in videos:
+        csv_path, _ = video_outputs(source, cfg, name)
+        try:
+            check_targets([csv_path], cfg.exist_ok)
+        except FileExistsError as error:
+            jobs.append(ImageResult(str(source), error=str(error)))
+            continue
+        frames, fps = 0, 0.0
+        with contextlib.suppress(ValueError):  # an unreadable video gets its error row from the job
+            capture = open_capture(source)
+            frames, fps = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), capture_fps(capture)
+            capture.release()
+        jobs.append(_VideoJob(str(source), csv_path, frames, fps))
+    return jobs
+
+
+def _rows(dataset, sink, total: int, progress: bool) -> Iterator[dict[str, Any]]:
+    """The dataset's rows in order, each batch also handed to the Parquet sink."""
+    from tqdm import tqdm
+
+    with warnings.catch_warnings(), tqdm(total=total, desc="photos and videos", unit="item", leave=False,
+                                         disable=not progress) as bar:
+        warnings.simplefilter("ignore")  # Ray's deprecation notices are not the user's business
+        last = None
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            sink(batch)
+            for row in batch.to_pylist():
+                if (row["source"], row["frame"] is None) != last:
+                    bar.update()
+                    last = (row["source"], row["frame"] is None)
+                yield row
+
+
+class _Peekable:
+    """An iterator that can look at its next item."""
+
+    def __init__(self, items: Iterable):
+        self.items, self.head = iter(items), None
+        self._advance()
+
+    def _advance(self) -> None:
+        self.head = next(self.items, None)
+
+    def take(self) -> dict[str, Any]:
+        """The next item (the job's rows cannot run out before every input is answered)."""
+        item = self.head
+        if item is None:
+            raise EngineError("the Ray job returned fewer rows than it was given inputs")
+        self._advance()
+        return item
+
+
+def _photo_result(stream: _Peekable, path: str, class_names: list[str]) -> ImageResult:
+    """The ImageResult of the next photo's rows (one per face, or one without a face)."""
+    rows = [stream.take()]
+    while rows[0]["face"] == 1 and stream.head is not None and stream.head["source"] == path \
+            and stream.head["frame"] is None and (stream.head["face"] or 0) > rows[-1]["face"]:
+        rows.append(stream.take())
+    return ImageResult(path, faces_of(rows, class_names), error=rows[0]["error"])
+
+
+def _video_result(stream: _Peekable, job: _VideoJob, cfg: PredictConfig, class_names: list[str]) -> ImageResult:
+    """Write a video's CSV from its frame rows (smoothed here, in time order) and return its result."""
+    first = stream.head
+    if first is not None and first["source"] == job.source and first["frame"] is None:  # it could not be opened
+        return ImageResult(job.source, error=stream.take()["error"])
+    summary = VideoSummary(job.source, fps=job.fps, csv_path=str(job.csv_path))
+    previous: dict[int, np.ndarray] = {}
+    last = -1
+    with FrameCsv(job.csv_path, class_names) as csv_rows:
+        while stream.head is not None and stream.head["source"] == job.source and stream.head["frame"] is not None \
+                and stream.head["frame"] > last:
+            rows = [stream.take()]
+            while stream.head is not None and stream.head["frame"] == rows[0]["frame"] and \
+                    stream.head["source"] == job.source:
+                rows.append(stream.take())
+            last = rows[0]["frame"]
+            faces = smooth_faces(faces_of(rows, class_names), previous, cfg.smooth)
+            csv_rows.write(rows[0]["time_s"], last, faces)
+            count_faces(summary, faces)
+    summary.frames = min(max(job.frames, last + 1), last + cfg.stride) if last >= 0 else job.frames
+    return ImageResult(job.source, video=summary)
+
+
+@contextlib.contextmanager
+def _parquet_sink(folder: str | Path | None, class_names: list[str]):
+    """A function that appends pyarrow batches to folder/results.parquet, written atomically at the end."""
+    if folder is None:
+        yield lambda batch: None
+        return
+    import pyarrow.parquet as pq
+
+    with atomic_path(Path(folder) / PARQUET_NAME, suffix=".parquet") as tmp:
+        with pq.ParquetWriter(tmp, row_schema(class_names)) as writer:
+            yield writer.write_table
