@@ -12,7 +12,9 @@ import pytest
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FER = DATA / "fer2013"
 PHOTOS = DATA / "photos"
-BUNDLED = Path(__file__).resolve().parents[1] / "src" / "emorec" / "models" / "emorec-fer2013.keras"
+MODELS = Path(__file__).resolve().parents[1] / "src" / "emorec" / "models"
+BUNDLED = MODELS / "emorec-ferplus.keras"  # the default model's Keras file
+FER2013_MODEL = MODELS / "emorec-fer2013.keras"
 
 # Three classes that are plentiful in FER2013 and fairly distinct.
 SMALL_CLASSES = ("angry", "happy", "surprise")
@@ -109,6 +111,8 @@ def untrained_model_path(tmp_path_factory) -> Path:
 # --- prediction ------------------------------------------------------------
 
 FER_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+FERPLUS_CLASSES = ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+DEFAULT_CLASSES = FERPLUS_CLASSES  # the classes of the default bundled model
 PHOTO_NAMES = ["Arnaud_Lagardere_0001.jpg", "Beyonce_Knowles_0001.jpg", "Carson_Palmer_0004.jpg"]
 
 

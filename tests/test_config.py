@@ -8,6 +8,7 @@ from dataclasses import fields
 import pytest
 
 from emorec.config import RECIPES, ConfigError, PredictConfig, TrainConfig, read_config_file, train_config
+from emorec.runtime import DEFAULT_MODEL
 
 
 def test_defaults_without_recipe():
@@ -130,7 +131,8 @@ def test_saved_paths_are_absolute(tmp_path, monkeypatch):
     cfg = train_config(data="faces", val="held_out", weights="start.keras", project="runs").with_absolute_paths()
     assert (cfg.data, cfg.val, cfg.weights, cfg.project) == tuple(str(tmp_path / p) for p in
                                                                   ("faces", "held_out", "start.keras", "runs"))
-    assert train_config(data="faces", weights="bundled").with_absolute_paths().weights == "bundled"
+    assert train_config(data="faces", weights="bundled").with_absolute_paths().weights == DEFAULT_MODEL
+    assert train_config(data="faces", weights="fer2013").with_absolute_paths().weights == "fer2013"
 
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", ".."])

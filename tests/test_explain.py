@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import BUNDLED, FER, FER_CLASSES, PHOTOS, require
+from conftest import BUNDLED, FER, FER2013_MODEL, FER_CLASSES, PHOTOS, require
 
 from emorec.cli import main
 from emorec.data import read_image
@@ -22,12 +22,12 @@ PHOTO = "Jennifer_Aniston_0021.jpg"
 
 @pytest.fixture(scope="module")
 def crops_explainer():
-    """The bundled model, explaining FER2013 val images as ready-made face crops."""
+    """The fer2013 model, explaining FER2013 val images as ready-made face crops."""
     from emorec.explain import Explainer
 
-    if not BUNDLED.is_file():
-        pytest.skip(f"bundled model missing at {BUNDLED}")
-    return Explainer(detect=False)
+    if not FER2013_MODEL.is_file():
+        pytest.skip(f"bundled model missing at {FER2013_MODEL}")
+    return Explainer("fer2013", detect=False)
 
 
 def val_images(per_class: int) -> list[Path]:
@@ -86,7 +86,7 @@ def test_gradients_on_the_jax_backend_match_tensorflow(crops_explainer, tmp_path
     pytest.importorskip("jax")
     paths = val_images(1)[:3]
     script = ("import sys, numpy as np\nfrom emorec.explain import Explainer\n"
-              "explainer = Explainer(detect=False)\n"
+              "explainer = Explainer('fer2013', detect=False)\n"
               "maps = [np.stack(list(explainer.explain(p)[0].heatmaps.values())) for p in sys.argv[2:]]\n"
               "np.save(sys.argv[1], np.stack(maps))\n")
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}

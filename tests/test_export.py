@@ -96,5 +96,5 @@ def test_int8_copy_is_kept_only_within_the_accuracy_margin(seven_class_model, fe
 
 def test_bundled_int8_model_is_selectable_by_name():
     model = load_runtime("bundled-int8")
-    assert model.path.name == "emorec-fer2013.int8.onnx"
+    assert model.path.name == "emorec-ferplus.int8.onnx"
     assert model.info == load_runtime("bundled").info

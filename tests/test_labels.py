@@ -199,7 +199,7 @@ def test_soft_target_training_on_ferplus_votes(tmp_path):
     val_root, val_file = ferplus_subset(tmp_path, "val", per_class=10)
     cfg = train_config(data=str(train_root), val=str(val_root), labels=str(train_file), val_labels=str(val_file),
                        not_classes="unknown,NF", rename_classes=FERPLUS_NAMES["rename"], targets="soft", unsure="soft",
-                       weights="bundled", arch="vgg", epochs=1, batch_size=32, learning_rate=1e-4,
+                       weights="fer2013", arch="vgg", epochs=1, batch_size=32, learning_rate=1e-4,
                        project=str(tmp_path / "runs"), patience=0)
     with pytest.warns(UserWarning, match="starts afresh for contempt"):
         result = train(cfg, progress=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUNDLED
+from conftest import BUNDLED, DEFAULT_CLASSES
 
 import keras
 
@@ -261,10 +261,10 @@ def test_bundled_model_loads():
     if not BUNDLED.is_file():
         pytest.skip(f"bundled model missing at {BUNDLED}")
     model, info = load_model()
-    assert info.class_names == FER_CLASSES
+    assert info.class_names == DEFAULT_CLASSES
     assert info.input_shape == (48, 48, 1)
     assert model.input_shape == (None, 48, 48, 1)
-    assert model.output_shape == (None, 7)
+    assert model.output_shape == (None, len(DEFAULT_CLASSES))
     probs = predict_probabilities(model, _pixels(2, (48, 48, 1)))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 

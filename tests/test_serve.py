@@ -10,7 +10,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from conftest import FER_CLASSES, PHOTO_NAMES, PHOTOS, require
+from conftest import DEFAULT_CLASSES, FER_CLASSES, PHOTO_NAMES, PHOTOS, require
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -52,9 +52,9 @@ def assert_still_serving(client):
 def test_health_model_page_and_docs(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/v1/model").json()
-    assert info["class_names"] == FER_CLASSES and info["image_size"] == 48 and info["color_mode"] == "grayscale"
-    assert info["model_file"] == "emorec-fer2013.onnx" and info["emorec_version"]
-    assert info["model_card"]["single pass"].startswith("accuracy 68.96%")
+    assert info["class_names"] == DEFAULT_CLASSES and info["image_size"] == 48 and info["color_mode"] == "grayscale"
+    assert info["model_file"] == "emorec-ferplus.onnx" and info["emorec_version"]
+    assert info["model_card"]["single pass, FER+ majority labels"].startswith("accuracy 83.82%")
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text and "/static/app.js" in page.text
     assert client.get("/static/app.js").status_code == 200

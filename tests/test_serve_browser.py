@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import FER_CLASSES, PHOTO_NAMES, PHOTOS, require
+from conftest import DEFAULT_CLASSES, PHOTO_NAMES, PHOTOS, require
 
 pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -72,7 +72,7 @@ def test_photo_upload_draws_the_faces_the_api_finds(server, tmp_path):
         assert labels == [face["emotion"] for face in expected["faces"]]
         assert page.get_attribute("#canvas", "data-faces") == str(len(expected["faces"]))
         bars = page.eval_on_selector_all(".bar .name", "names => names.map(n => n.textContent)")
-        assert bars == FER_CLASSES
+        assert bars == DEFAULT_CLASSES
         page.screenshot(path=str(tmp_path / "photo.png"))
         browser.close()
     shot = cv2.imread(str(tmp_path / "photo.png"))
@@ -103,7 +103,7 @@ def test_webcam_frames_get_a_label(server, tmp_path):
         page.click("#mode-webcam")
         page.wait_for_selector("#faces li", timeout=30_000)
         label = page.get_attribute("#faces li", "data-emotion")
-        assert label in FER_CLASSES
+        assert label in DEFAULT_CLASSES
         assert page.text_content("#status").startswith("Webcam: 1 face")
         page.screenshot(path=str(tmp_path / "webcam.png"))
         browser.close()

@@ -393,7 +393,12 @@ def _train(args) -> int:
         return 143 if isinstance(stop.__cause__, _Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    val = result.config.val or "TEST_DATA"
+    cfg = result.config
+    val = cfg.val or "TEST_DATA"
+    if cfg.labels:  # scored against a label file: so is the suggested evaluation
+        columns = "".join(f" --{flag} {value}" for flag, value in (("not-classes", cfg.not_classes),
+                                                                   ("rename-classes", cfg.rename_classes)) if value)
+        val += f" --labels {cfg.val_labels or 'TEST_LABELS.csv'}{columns}"
     say("", f"run folder: {result.run_dir}",
         f"best model: {result.best_model}  (best val accuracy {result.best_val_accuracy:.4f}, {result.seconds:.0f} s)",
         *result.report.table().splitlines(), "", "next:", f"  emorec evaluate {result.best_model} {val} --tta",

@@ -149,9 +149,10 @@ class TrainConfig:
     def with_absolute_paths(self) -> "TrainConfig":
         """A copy whose data, val, weights and project paths are absolute, so the saved config replays anywhere."""
         absolute = lambda path: str(Path(path).absolute()) if path else path  # noqa: E731
-        from emorec.runtime import BUNDLED_NAMES
+        from emorec.runtime import BUNDLED_NAMES, DEFAULT_MODEL
 
         weights = self.weights if self.weights in ("", "bundled", *BUNDLED_NAMES) else absolute(self.weights)
+        weights = DEFAULT_MODEL if weights == "bundled" else weights  # the saved config names the model it started from
         return dataclasses.replace(self, data=absolute(self.data), val=absolute(self.val), weights=weights,
                                    labels=absolute(self.labels), val_labels=absolute(self.val_labels),
                                    project=absolute(self.project))

@@ -34,7 +34,7 @@ from emorec.files import InputFileError, stat_regular
 METADATA_KEY = "emorec.json"  # the .keras zip member and the ONNX metadata property
 MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED_NAMES = ("fer2013", "ferplus")  # models shipped in MODELS_DIR; see their model cards there
-DEFAULT_MODEL = "fer2013"  # what "bundled" (and no model at all) means
+DEFAULT_MODEL = "ferplus"  # what "bundled" (and no model at all) means: see the model cards for why
 BUNDLED_ONNX = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.onnx"
 BUNDLED_KERAS = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.keras"
 MODEL_SUFFIXES = (".onnx", ".keras")

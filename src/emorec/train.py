@@ -665,7 +665,7 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, state: Ru
     if checkpoint.diverged_epoch:
         raise TrainingDiverged(_diverged_message(run_dir, checkpoint.diverged_epoch))
     best, _ = load_model(run.best_path)
-    report = _final_report(best, data, run_dir)
+    report = _final_report(best, data, run_dir, (cfg.val_labels or cfg.labels) if cfg.labels else "folders")
     shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # complete: nothing left to resume
     return RunResult(run_dir, run.best_path, state.history, report, state.seconds, cfg)
 
@@ -740,7 +740,7 @@ def _for_inference(model: keras.Model, cfg: TrainConfig, weights: list[float] | 
     return plain
 
 
-def _final_report(model: keras.Model, data: TrainingData, run_dir: Path) -> EvalReport:
+def _final_report(model: keras.Model, data: TrainingData, run_dir: Path, label_source: str = "folders") -> EvalReport:
     if data.val_arrays is not None:
         images, labels = data.val_arrays
     else:
@@ -750,5 +750,6 @@ def _final_report(model: keras.Model, data: TrainingData, run_dir: Path) -> Eval
         labels = targets.argmax(axis=1) if targets.shape[-1] > 1 else targets[:, 0].astype(int)
     probs = predict_probabilities(model, images)
     report = compute_metrics(labels, probs.argmax(axis=1), data.class_names)
+    report.labels = label_source  # a label file's majority, or the folder names
     write_report(report, run_dir, overwrite=True)
     return report
