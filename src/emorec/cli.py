@@ -160,7 +160,7 @@ def _add_check(commands) -> None:
 
 
 def _check(args) -> int:
-    from emorec import data
+    from emorec import data, labels
     from emorec.files import check_output_path
 
     if (args.against or args.json) and not args.duplicates:
@@ -169,11 +169,12 @@ def _check(args) -> int:
         check_output_path(args.quarantine, [args.data, *args.against], folder=True)
     if args.duplicates:
         return _check_duplicates(args)
+    spec = _label_spec(args)
+    table = labels.read_label_file(spec) if spec is not None else None  # a bad label file fails before the scan
     report = data.scan_dataset(args.data)
     _say_scan(report)
-    spec = _label_spec(args)
-    if spec is not None:
-        _report_labels(report, spec)
+    if table is not None:
+        _report_labels(report, table)
     cleanup = _set_aside(report, args) if report.invalid else None
     remaining = len(report.invalid) - (len(cleanup.done) if cleanup else 0)
     say(_check_summary(report, cleanup))
@@ -197,13 +198,12 @@ def _say_scan(report) -> None:
             say(f"  {path}")
 
 
-def _report_labels(report, spec) -> None:
+def _report_labels(report, table) -> None:
     """Print how the rows of a label file pair with the images found, and the majority labels they give."""
     from emorec import labels
 
-    images = labels.match_images(labels.read_label_file(spec), report.root,
-                                 [path for name in report.class_names for path in report.files[name]])
-    say("", f"labels from {spec.file}:", *images.notes, *labels.summary(images))
+    images = labels.match_images(table, report.root, [path for name in report.class_names for path in report.files[name]])
+    say("", f"labels from {table.source}:", *images.notes, *labels.summary(images))
 
 
 def _set_aside(report, args, copies=()):

@@ -148,9 +148,10 @@ def _predict(runtime: Runtime, images: np.ndarray, tta: bool | str, progress: bo
 def _evaluate_on_label_file(runtime: Runtime, source: str | Path, tta: bool | str, progress: bool,
                             spec: LabelSpec) -> EvalReport:
     info = runtime.info
+    table = read_label_file(spec)  # a bad label file fails before the folder is read
     report = data_lib.scan_dataset(source, progress=progress)
     data_lib.warn_invalid(report)
-    labelled = match_images(read_label_file(spec), report.root,
+    labelled = match_images(table, report.root,
                             [path for name in report.class_names for path in report.files[name]])
     for note in labelled.notes:
         warnings.warn(note, stacklevel=3)
@@ -163,7 +164,7 @@ def _evaluate_on_label_file(runtime: Runtime, source: str | Path, tta: bool | st
     sure = labelled.majority >= 0
     result = compute_metrics(where[labelled.majority[sure]], probs[sure].argmax(axis=1), names, tta_mode(tta))
     result.labels, result.no_majority = str(spec.file), int((~sure).sum())
-    if read_label_file(spec).layout == "votes":
+    if table.layout == "votes":
         result.vote_cross_entropy = _vote_cross_entropy(labelled.distribution, where, probs)
     return result
 
