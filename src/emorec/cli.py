@@ -348,7 +348,7 @@ _TRAIN_FLAGS_SKIPPED = {"data", "recipe"}
 def _add_train(commands) -> None:
     cmd = commands.add_parser("train", help="train a model and write a run folder (runs/<name>/)")
     cmd.add_argument("data", nargs="?", help="class folders (or a .npz pack from `emorec pack`)")
-    cmd.add_argument("--recipe", choices=sorted(RECIPES), default="", help="start from a named recipe (fer2013: the bundled model's)")
+    cmd.add_argument("--recipe", choices=sorted(RECIPES), default="", help="start from a named recipe (fer2013, ferplus: the bundled models')")
     cmd.add_argument("--config", metavar="FILE", help="read options from a JSON or YAML file, e.g. a run's config.json "
                      "(precedence: defaults < recipe < file < flags)")
     cmd.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch, "
@@ -498,7 +498,7 @@ def _evaluate(args) -> int:
 
 def _add_export(commands) -> None:
     cmd = commands.add_parser("export", help="convert a .keras model to ONNX for the light runtime (checked against Keras)")
-    cmd.add_argument("model", help=".keras file written by emorec train, or \"bundled\"")
+    cmd.add_argument("model", help=".keras file written by emorec train, or a bundled model: fer2013, ferplus, \"bundled\"")
     cmd.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default onnx)")
     cmd.add_argument("--out", help="output file (default: the model's path with .onnx)")
     cmd.add_argument("--int8", metavar="VAL", help="also write NAME.int8.onnx, kept only if its accuracy on the "
@@ -620,7 +620,8 @@ def _check_predict_outputs(args, sources: list[str]) -> None:
 def _add_explain(commands) -> None:
     cmd = commands.add_parser("explain", help="Grad-CAM overlays: which part of each face drove the prediction (needs emorec[train])")
     cmd.add_argument("sources", nargs="+", metavar="[MODEL] PHOTO|FOLDER", help="photos or folders (walked recursively); "
-                     "a leading .keras or .onnx file or \"bundled\" names the model (default: the bundled model)")
+                     "a leading .keras or .onnx file or a bundled model's name (fer2013, ferplus, \"bundled\") names the model "
+                     "(default: the default bundled model)")
     cmd.add_argument("--out", required=True, metavar="DIR", help="folder for one PNG per photo (sub-folders of folders kept)")
     cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
     cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")

@@ -1,6 +1,6 @@
 """`Recognizer`: find the faces in an image and classify their emotion with one loaded model.
 
-    >>> rec = Recognizer()                      # bundled model on ONNX Runtime, automatic detector
+    >>> rec = Recognizer()                      # the default bundled model on ONNX Runtime, automatic detector
     >>> rec.predict("photo.jpg")                # -> [FaceResult(box=(x, y, w, h), ...)]
 
 The work is split in steps that batch and pipeline well: `prepare` (locate

@@ -319,7 +319,8 @@ def load_runtime(model: str | Path | None = None, threads: int = 0) -> Runtime:
 
 
 # "multi": the image, four 2-pixel shifts and a 10% zoom, each also mirrored (12 views).
-# Measured with the bundled model on FER2013 val: 68.96% none, 69.60% flip, 69.99% multi.
+# Measured with the fer2013 model on FER2013 val: 68.96% none, 69.60% flip, 69.99% multi; the ferplus
+# model on the FER+ majority labels of val: 83.82%, 84.57%, 84.63%.
 _MULTI_VIEWS = ((2, 0, 1.0), (-2, 0, 1.0), (0, 2, 1.0), (0, -2, 1.0), (0, 0, 1.1))
 
 
