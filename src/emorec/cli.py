@@ -202,7 +202,7 @@ def _report_labels(report, table) -> None:
     """Print how the rows of a label file pair with the images found, and the majority labels they give."""
     from emorec import labels
 
-    images = labels.match_images(table, report.root, [path for name in report.class_names for path in report.files[name]])
+    images = labels.match_images(table, report.root, report.valid_paths)
     say("", f"labels from {table.source}:", *images.notes, *labels.summary(images))
 
 

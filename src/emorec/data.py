@@ -88,6 +88,11 @@ class ScanReport:
         return {name: len(self.files[name]) for name in self.class_names}
 
     @property
+    def valid_paths(self) -> list[Path]:
+        """Every valid image file, class by class."""
+        return [path for name in self.class_names for path in self.files[name]]
+
+    @property
     def total(self) -> int:
         """Number of valid images."""
         return sum(self.counts.values())

@@ -13,7 +13,7 @@ from emorec import data as data_lib
 from emorec.config import tta_mode
 from emorec.extras import missing_message
 from emorec.files import save_figure, write_json
-from emorec.labels import LabelSpec, match_images, read_label_file
+from emorec.labels import LabelSpec, label_report, read_label_file
 from emorec.runtime import Runtime, load_runtime, probabilities
 
 PREDICT_CHUNK = 512  # images per progress step while evaluating
@@ -151,10 +151,7 @@ def _evaluate_on_label_file(runtime: Runtime, source: str | Path, tta: bool | st
     table = read_label_file(spec)  # a bad label file fails before the folder is read
     report = data_lib.scan_dataset(source, progress=progress)
     data_lib.warn_invalid(report)
-    labelled = match_images(table, report.root,
-                            [path for name in report.class_names for path in report.files[name]])
-    for note in labelled.notes:
-        warnings.warn(note, stacklevel=3)
+    labelled = label_report(table, report)
     if not len(labelled):
         raise data_lib.DatasetError(f"{source}: no image has a row in {spec.file}")
     names = info.class_names + [name for name in labelled.class_names if name not in info.class_names]
@@ -170,10 +167,13 @@ def _evaluate_on_label_file(runtime: Runtime, source: str | Path, tta: bool | st
 
 
 def _vote_cross_entropy(distribution: np.ndarray, where: np.ndarray, probs: np.ndarray) -> float:
-    """Mean -sum(v log p) over the model's classes, each row's votes renormalised to the classes the model has."""
-    votes = np.zeros((len(distribution), max(probs.shape[1], where.max() + 1)), np.float64)
-    votes[:, where] = distribution
-    votes = votes[:, :probs.shape[1]]
+    """Mean -sum(v log p) over the model's classes, each row's votes renormalised to the classes the model has.
+
+    where: the model's index of each label class (at or past the model's class count for a class it lacks).
+    """
+    own = where < probs.shape[1]
+    votes = np.zeros(probs.shape, np.float64)
+    votes[:, where[own]] = distribution[:, own]
     mass = votes.sum(axis=1)
     rows = mass > 0
     votes = votes[rows] / mass[rows, None]

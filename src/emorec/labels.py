@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from emorec.config import LABEL_TARGETS, LABEL_UNSURE
-from emorec.data import DatasetError
+from emorec.data import DatasetError, ScanReport
 from emorec.files import InputFileError, read_limited
 
 PATH_COLUMN = "path"
@@ -247,24 +248,31 @@ def match_images(table: LabelTable, root: str | Path, image_paths: list[Path]) -
     """
     root = Path(root)
     index = {path: row for row, path in enumerate(table.paths)}
-    rows, kept, unlisted = [], [], []
+    rows, kept, tops, unlisted = [], [], [], []
     for image in image_paths:
-        row = index.get(image.relative_to(root).as_posix())
-        if row is None and image.relative_to(root).as_posix() not in table.skipped:
-            unlisted.append(image)
-        elif row is None:
-            continue
-        else:
+        relative = image.relative_to(root)
+        row = index.get(relative.as_posix())
+        if row is not None:
             rows.append(row)
             kept.append(image)
+            tops.append(relative.parts[0] if len(relative.parts) > 1 else "")
+        elif relative.as_posix() not in table.skipped:
+            unlisted.append(image)
     found = {table.paths[row] for row in rows}
     missing = [path for path in table.paths if path not in found]
     notes = _notes(table, root, unlisted, missing)
     rows_arr = np.array(rows, np.int64)
-    tops = [image.relative_to(root).parts[0] if len(image.relative_to(root).parts) > 1 else "" for image in kept]
     folder = np.array([table.class_names.index(top) if top in table.class_names else -1 for top in tops], np.int64)
     return LabelledImages(kept, table.class_names, table.distribution()[rows_arr], table.majority()[rows_arr],
                           folder, notes)
+
+
+def label_report(table: LabelTable, report: ScanReport) -> LabelledImages:
+    """match_images for the valid images of a scan, with each note about left-out rows or images as a warning."""
+    images = match_images(table, report.root, report.valid_paths)
+    for note in images.notes:
+        warnings.warn(note, stacklevel=3)
+    return images
 
 
 def _notes(table: LabelTable, root: Path, unlisted: list[Path], missing: list[str]) -> list[str]:

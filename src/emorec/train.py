@@ -40,7 +40,7 @@ from emorec import data as data_lib
 from emorec.config import ConfigError, TrainConfig, read_config_file
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
 from emorec.files import atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
-from emorec.labels import LabelledImages, match_images, read_label_file
+from emorec.labels import LabelledImages, label_report, read_label_file
 from emorec.model import (ModelInfo, build_model, inference_copy, load_model, load_weights_from, model_path,
                           predict_probabilities, read_info, save_model, undo_class_weights)
 
@@ -156,11 +156,7 @@ def _labelled(cfg: TrainConfig, reports: list[data_lib.ScanReport]) -> list[Labe
     """The images of each report paired with the rows of its label file; notes about left-out rows are warnings."""
     labelled = []
     for report, file in zip(reports, [cfg.labels, cfg.val_labels]):
-        images = match_images(read_label_file(cfg.label_spec(file)), report.root,
-                              [path for name in report.class_names for path in report.files[name]])
-        for note in images.notes:
-            warnings.warn(note, stacklevel=3)
-        labelled.append(images)
+        labelled.append(label_report(read_label_file(cfg.label_spec(file)), report))
     names = labelled[0].class_names
     if len(labelled) > 1 and labelled[1].class_names != names:
         raise data_lib.DatasetError(f"{cfg.val_labels}: classes {labelled[1].class_names} differ from {cfg.labels}'s {names}")
@@ -281,11 +277,10 @@ def _from_label_files(cfg: TrainConfig, labelled: list[LabelledImages], progress
         val_images = data_lib.load_images([val.paths[i] for i in sure], cfg.image_size, cfg.channels, progress)
         val_labels = val.majority[sure]
     else:
-        order = np.random.default_rng(cfg.seed).permutation(len(keep))
-        cut = int(round(len(keep) * (1 - cfg.val_split)))
-        held_out = order[cut:][train.majority[keep[order[cut:]]] >= 0]  # scored on the majority, like a val file
+        kept, held_out = _split_order(len(keep), cfg.val_split, cfg.seed)
+        held_out = held_out[train.majority[keep[held_out]] >= 0]  # scored on the majority, like a val file
         val_images, val_labels = images[held_out], train.majority[keep[held_out]]
-        images, targets = images[order[:cut]], targets[order[:cut]]
+        images, targets = images[kept], targets[kept]
     num_classes = len(train.class_names)
     return TrainingData(
         train=(images, targets),
@@ -299,10 +294,16 @@ def _from_label_files(cfg: TrainConfig, labelled: list[LabelledImages], progress
 
 
 def _split_arrays(data: data_lib.ArrayData, fraction: float, seed: int):
-    order = np.random.default_rng(seed).permutation(len(data))
-    cut = int(round(len(data) * (1 - fraction)))
     pick = lambda idx: data_lib.ArrayData(data.images[idx], data.labels[idx], data.class_names)  # noqa: E731
-    return pick(order[:cut]), pick(order[cut:])
+    kept, held_out = _split_order(len(data), fraction, seed)
+    return pick(kept), pick(held_out)
+
+
+def _split_order(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random split of range(count): (kept indices, held-out fraction of them)."""
+    order = np.random.default_rng(seed).permutation(count)
+    cut = int(round(count * (1 - fraction)))
+    return order[:cut], order[cut:]
 
 
 def _targets(labels: np.ndarray, num_classes: int) -> np.ndarray:
