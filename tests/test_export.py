@@ -23,6 +23,7 @@ def _fer_images(size: int, channels: int, per_class: int = 4) -> np.ndarray:
 
 @pytest.mark.parametrize("arch, size, color_mode, classes", [
     ("seed", 48, "grayscale", 7),
+    ("compact-s", 48, "grayscale", 8),
     pytest.param("vgg", 48, "grayscale", 7, marks=pytest.mark.slow),
     pytest.param("resnet", 40, "rgb", 3, marks=pytest.mark.slow),
     pytest.param("seed", 48, "rgb", 2, marks=pytest.mark.slow),

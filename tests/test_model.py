@@ -257,6 +257,15 @@ def test_count_flops():
     assert count_flops(tiny) == 2 * 4 * 3
 
 
+def test_compact_family_grows_within_its_flop_budget():
+    flops = [count_flops(build_model(arch, (48, 48, 1), 8)) for arch in ("compact-s", "compact-m", "compact-l")]
+    assert flops == sorted(flops)
+    assert 20e6 <= flops[0] and flops[-1] <= 150e6
+    assert flops[-1] < count_flops(build_model("vgg", (48, 48, 1), 8)) / 5
+    # Depthwise layers count too: 48x48 outputs of the stem block's 3x3 depthwise conv over its 16 channels.
+    assert count_flops(build_model("compact-s", (48, 48, 1), 8)) > 2 * 48 * 48 * 9 * 16
+
+
 def test_bundled_model_loads():
     if not BUNDLED.is_file():
         pytest.skip(f"bundled model missing at {BUNDLED}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-ARCHITECTURES = ("seed", "vgg", "resnet")
+ARCHITECTURES = ("seed", "vgg", "resnet", "compact-s", "compact-m", "compact-l")
 COLOR_MODES = ("grayscale", "rgb")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "plateau")
@@ -72,6 +72,10 @@ class TrainConfig:
     unsure: str = _field("drop", "images without a majority vote: drop them, or keep them as soft targets")
     folder_weight: float = _field(0.0, "weight a of the folder label in the targets: a * folder + (1 - a) * file labels")
     weights: str = _field("", "start from this saved model (a bundled one by name: fer2013, ferplus) to fine-tune it")
+    teacher: str = _field("", "distil from these models (comma-separated bundled names or files, e.g. ferplus): "
+                               "targets mix the labels with the teachers' flip-TTA probabilities")
+    teacher_weight: float = _field(0.5, "with teacher: weight w of the teachers in the targets, (1 - w) * labels + w * teachers")
+    temperature: float = _field(2.0, "with teacher: teacher probabilities are raised to 1 / temperature and renormalised")
     patience: int = _field(10, "early-stopping patience in epochs (0 disables it)")
     mixed_precision: bool = _field(False, "train in bfloat16 mixed precision (GPU); saved in float32")
     time_limit: float = _field(0.0, "stop after this many minutes, keeping the best (0: none)")
@@ -104,6 +108,8 @@ class TrainConfig:
         _check_choice("targets", self.targets, LABEL_TARGETS)
         _check_choice("unsure", self.unsure, LABEL_UNSURE)
         _check_range("folder_weight", self.folder_weight, 0.0, 1.0)
+        _check_range("teacher_weight", self.teacher_weight, 0.0, 1.0)
+        _check_range("temperature", self.temperature, 0.1, 100.0)
         if self.val_labels and not self.labels:
             raise ConfigError("val_labels needs labels for the training data too (--labels FILE)", "val_labels")
         if self.labels and self.val and not self.val_labels:
@@ -151,9 +157,13 @@ class TrainConfig:
         absolute = lambda path: str(Path(path).absolute()) if path else path  # noqa: E731
         from emorec.runtime import BUNDLED_NAMES, DEFAULT_MODEL
 
-        weights = self.weights if self.weights in ("", "bundled", *BUNDLED_NAMES) else absolute(self.weights)
-        weights = DEFAULT_MODEL if weights == "bundled" else weights  # the saved config names the model it started from
-        return dataclasses.replace(self, data=absolute(self.data), val=absolute(self.val), weights=weights,
+        def model(name: str) -> str:  # the saved config names the model it started from, even after the default changes
+            name = name if name in ("", "bundled", *BUNDLED_NAMES) else absolute(name)
+            return DEFAULT_MODEL if name == "bundled" else name
+
+        teacher = ",".join(model(name.strip()) for name in self.teacher.split(",") if name.strip())
+        return dataclasses.replace(self, data=absolute(self.data), val=absolute(self.val), weights=model(self.weights),
+                                   teacher=teacher,
                                    labels=absolute(self.labels), val_labels=absolute(self.val_labels),
                                    project=absolute(self.project))
 
@@ -197,6 +207,28 @@ RECIPES: dict[str, dict[str, Any]] = {
         "warmup_epochs": 1,
         "augment": True,
         "dropout": 0.4,
+        "patience": 0,
+    },
+    # A compact student for the light runtime, trained from scratch on FER+ votes (give --labels and
+    # --val-labels) and distilled from the bundled ferplus model.
+    "compact": {
+        "arch": "compact-m",
+        "teacher": "ferplus",
+        "teacher_weight": 0.5,
+        "temperature": 2.0,
+        "not_classes": "unknown,NF",
+        "rename_classes": "happiness=happy,sadness=sad,anger=angry",
+        "targets": "soft",
+        "unsure": "soft",
+        "epochs": 20,
+        "batch_size": 128,
+        "optimizer": "sgd",
+        "learning_rate": 0.05,
+        "weight_decay": 5e-4,
+        "schedule": "cosine",
+        "warmup_epochs": 2,
+        "augment": True,
+        "dropout": 0.2,
         "patience": 0,
     },
 }

@@ -37,6 +37,7 @@ import numpy as np
 import keras
 
 from emorec import data as data_lib
+from emorec import distill
 from emorec.config import ConfigError, TrainConfig, read_config_file
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
 from emorec.files import atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
@@ -293,6 +294,21 @@ def _from_label_files(cfg: TrainConfig, labelled: list[LabelledImages], progress
     )
 
 
+def _with_teacher(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress: bool) -> TrainingData:
+    """The data with training targets mixed with the teachers' probabilities (see emorec.distill)."""
+    images, targets = data.train if isinstance(data.train, tuple) else _as_arrays(data.train)
+    say = (lambda line: print(line, flush=True)) if progress else None  # noqa: E731
+    teacher = distill.cached_teacher_probabilities(run_dir, cfg.teacher, images, data.class_names, say)
+    mixed = distill.mix_targets(targets, teacher, cfg.teacher_weight, cfg.temperature)
+    return dataclasses.replace(data, train=(images, mixed))
+
+
+def _as_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """All (images, targets) of a batched dataset, in one pass."""
+    batches = list(dataset.as_numpy_iterator())
+    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches]).astype(np.float32)
+
+
 def _split_arrays(data: data_lib.ArrayData, fraction: float, seed: int):
     pick = lambda idx: data_lib.ArrayData(data.images[idx], data.labels[idx], data.class_names)  # noqa: E731
     kept, held_out = _split_order(len(data), fraction, seed)
@@ -525,6 +541,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
     cfg = cfg.with_absolute_paths()
     if cfg.weights:
         read_info(model_path(cfg.weights))  # a missing or foreign file fails before the data loads
+    distill.check_teachers(cfg.teacher)
     sources = check_training_data(cfg, progress)
     run_dir = new_run_dir(cfg.project, cfg.run_name, cfg.exist_ok)
     shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # a reused folder's unfinished run starts over
@@ -558,6 +575,8 @@ def _run(cfg: TrainConfig, sources: TrainingSources, run_dir: Path, state: RunSt
     keras.utils.set_random_seed(cfg.seed + state.epoch)  # resumed epochs do not replay the first epochs' order
     try:
         data = load_training_data(cfg, sources, run_dir, progress)
+        if cfg.teacher:
+            data = _with_teacher(cfg, data, run_dir, progress)
         try:
             return _fit_and_save(cfg, data, run_dir, state, progress)
         finally:
@@ -745,9 +764,7 @@ def _final_report(model: keras.Model, data: TrainingData, run_dir: Path, label_s
     if data.val_arrays is not None:
         images, labels = data.val_arrays
     else:
-        batches = [(x, y) for x, y in data.val.as_numpy_iterator()]
-        images = np.concatenate([x for x, _ in batches])
-        targets = np.concatenate([y for _, y in batches])
+        images, targets = _as_arrays(data.val)
         labels = targets.argmax(axis=1) if targets.shape[-1] > 1 else targets[:, 0].astype(int)
     probs = predict_probabilities(model, images)
     report = compute_metrics(labels, probs.argmax(axis=1), data.class_names)
