@@ -205,8 +205,8 @@ def compact_backbone(x, dropout: float, width: float = 1.0):
     """Inverted residual blocks with squeeze-excitation (MobileNetV3-style) sized for 48-64 px faces.
 
     A full-resolution 3x3 stem, eleven blocks over 48 -> 24 -> 12 -> 6 pixels and a 1x1 head. width scales
-    every layer: compact-s (0.75) is about 25 MFLOPs a face at 48 px, compact-m (1.0) about 40 and
-    compact-l (1.5) about 85, against the VGG's 940.
+    every layer: compact-s (0.75) is 35 MFLOPs a face at 48 px, compact-m (1.0) 54 and compact-l (1.5)
+    117 (emorec.model.count_flops), against the VGG's 937.
     """
     scaled = lambda filters: max(8, int(round(filters * width / 8)) * 8)  # noqa: E731  (multiples of 8 run fastest)
     x = _conv_bn_relu(x, scaled(16))
