@@ -165,11 +165,21 @@ def _header(path: Path, data: bytes) -> tuple[str, int, int]:
 
 
 def _other_format(data: bytes) -> str | None:
-    """Image containers Pillow does not read, so that they are never taken for corrupt files."""
+    """Image containers Pillow does not read, so that they are never taken for corrupt files.
+
+    OpenCV decodes some of them (Radiance HDR, PFM), but emorec's reader
+    does not: every command refuses them alike, and `check --delete` leaves them.
+    """
     if data[4:8] == b"ftyp":
         return "an HEIF/AVIF/MP4"
     if data[:2] == b"\xff\x0a" or data[:12] == b"\0\0\0\x0cJXL \r\n\x87\n":
         return "a JPEG XL"
+    if data.startswith((b"#?RADIANCE", b"#?RGBE")):
+        return "a Radiance HDR"
+    if data[:2] in (b"PF", b"Pf") and data[2:3].isspace():
+        return "a PFM (floating-point)"
+    if data[:4] == b"v/1\x01":
+        return "an OpenEXR"
     return None
 
 
