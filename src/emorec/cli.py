@@ -544,7 +544,8 @@ def _add_predict(commands) -> None:
     cmd.add_argument("--save-annotated", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
     cmd.add_argument("--stride", type=int, default=1, help="video: classify every N-th frame")
     cmd.add_argument("--smooth", type=float, default=0.0, help="video: smoothing of probabilities over frames, 0..0.99")
-    cmd.add_argument("--exist-ok", action="store_true", help="replace existing output files")
+    cmd.add_argument("--exist-ok", action="store_true", help="replace output files that emorec wrote before (never "
+                     "an input, never a file emorec did not write)")
     output = cmd.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print results as JSON")
     output.add_argument("--csv", metavar="FILE", help="write one row per face to FILE")
@@ -639,7 +640,8 @@ def _add_explain(commands) -> None:
     cmd.add_argument("--out", required=True, metavar="DIR", help="folder for one PNG per photo (sub-folders of folders kept)")
     cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
     cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")
-    cmd.add_argument("--exist-ok", action="store_true", help="replace existing PNGs")
+    cmd.add_argument("--exist-ok", action="store_true", help="replace PNGs that emorec wrote before (never a photo "
+                     "being explained, never a file emorec did not write)")
     cmd.set_defaults(handler=_explain)
 
 
