@@ -191,13 +191,15 @@ def planned_outputs(cfg: PredictConfig) -> tuple[list[Path], list[Path]]:
     The outputs are the annotated copies of the photos and each video's CSV
     and annotated video; the inputs are the photo and video files.
     """
-    _, images, videos = plan_sources(cfg.sources)
-    photos = [(path, name) for path, name in expand_sources(images) if not is_video(path)]
-    outputs = [Path(cfg.save_annotated) / name for _, name in photos] if cfg.save_annotated else []
-    for source, name in videos:
-        outputs += [path for path in video_outputs(source, cfg, name) if path is not None]
-    inputs = [path for path, _ in photos] + [Path(source) for source, _ in videos if webcam_index(source) is None]
-    return outputs, inputs
+    webcams = [source for source in cfg.sources if webcam_index(source) is not None]
+    files = expand_sources([source for source in cfg.sources if webcam_index(source) is None])
+    outputs = [path for source in webcams for path in video_outputs(source, cfg) if path is not None]
+    for path, name in files:
+        if is_video(path):
+            outputs += [output for output in video_outputs(path, cfg, name) if output is not None]
+        elif cfg.save_annotated:
+            outputs.append(Path(cfg.save_annotated) / name)
+    return outputs, [path for path, _ in files]
 
 
 def video_outputs(source: str | Path, cfg: PredictConfig, name: Path | None = None) -> tuple[Path, Path | None]:
