@@ -612,8 +612,10 @@ def _check_predict_outputs(args, sources: list[str]) -> None:
 
 
 def _check_output_plan(args, cfg) -> None:
-    """Every file the command would write, before any work: none is an input, no two are one file, and an
-    existing --csv file is replaced only with --exist-ok and only if emorec wrote it."""
+    """Check every file predict would write before any work: none is an input, no two are one file.
+
+    An existing --csv file is replaced only with --exist-ok and only if emorec wrote it.
+    """
     from emorec.files import check_distinct_outputs, check_targets
     from emorec.predict import planned_outputs
 

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from emorec.files import InputFileError, atomic_open, check_output_path, read_limited, stat_regular
+from emorec.files import InputFileError, atomic_open, check_output_path, file_identity, read_limited, stat_regular
 from emorec.preprocess import to_bgr8, to_model_input
 
 # Every extension read as an image, in folders and file lists alike. Training reads
@@ -454,14 +454,19 @@ def _removable(report: ScanReport, extra: Sequence[InvalidFile] = ()) -> tuple[C
 
     Only regular files whose content fails to decode (or that the caller
     named in extra), reached without passing a symbolic link, inside the
-    resolved data folder. Valid images of other formats, images over the size
-    limit, unreadable files, links, FIFOs and devices are left alone, as are
-    documents (never in `invalid`).
+    resolved data folder, and not the target of a link among them. Valid
+    images of other formats, images over the size limit, unreadable files,
+    links, FIFOs and devices are left alone, as are documents (never in
+    `invalid`).
     """
     root = report.root.resolve()
     cleanup, allowed = Cleanup(), []
-    for item in [*report.invalid, *(InvalidFile(e.path, e.reason, corrupt=True) for e in extra)]:
+    items = [*report.invalid, *(InvalidFile(e.path, e.reason, corrupt=True) for e in extra)]
+    linked = {file_identity(item.path) for item in items if item.path.is_symlink()} - {None}
+    for item in items:
         why = _why_left_alone(item, report.root, root)
+        if why is None and file_identity(item.path) in linked:
+            why = "the target of a symbolic link in the data folder"
         if why is None:
             allowed.append(item)
         else:

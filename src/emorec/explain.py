@@ -316,8 +316,8 @@ def run_explain(cfg: ExplainConfig, progress: bool = True, explainer: Explainer 
     Raises FileExistsError or OutputPathError before any work when a PNG
     would replace a photo of cfg.sources, an existing file (unless
     cfg.exist_ok, and never one emorec did not write), or when two photos
-    would write the same PNG. A photo that cannot be read gets a result with error set and the
-    others go on; a photo without faces gets no PNG.
+    would write the same PNG. A photo that cannot be read gets a result
+    with error set and the others go on; a photo without faces gets no PNG.
     """
     check_output_path(cfg.out, cfg.sources, folder=True)
     pairs, results = explain_targets(cfg)
