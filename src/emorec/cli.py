@@ -593,7 +593,7 @@ def _predict(args) -> int:
 
 
 def _check_predict_outputs(args, sources: list[str]) -> None:
-    """--csv and --save-annotated: never an input nor inside an input folder, writable, no silent overwrite."""
+    """--csv, --save-annotated and --parquet: never an input nor inside an input folder, and writable."""
     from emorec.files import check_output_path
 
     if args.csv:
