@@ -248,7 +248,24 @@ def families() -> list[Family]:
         found.append(Family(f"0-byte {kind}", _bytes(f"empty{suffix}", lambda: b""), "corrupt"))
         found.append(Family(f"truncated {kind}", _bytes(f"cut{suffix}", _truncated(suffix)), "corrupt"))
         found.append(Family(f"valid {kind}", _bytes(f"ok{suffix}", lambda s=suffix: encoded(s)), "valid"))
+    found += [
+        Family("Radiance HDR named .jpg", _bytes("sunset.jpg", lambda: _float_image(".hdr")), "refused"),
+        Family("PFM named .gif", _bytes("depth.gif", lambda: _float_image(".pfm")), "refused"),
+        Family("self-looping symlink", _self_loop, "refused"),
+    ]
     return found
+
+
+def _float_image(suffix: str) -> bytes:
+    """A valid floating-point image that OpenCV decodes and emorec's reader does not (.hdr, .pfm)."""
+    ok, data = cv2.imencode(suffix, face().astype(np.float32)[..., None].repeat(3, axis=2) / 255)
+    assert ok, suffix
+    return data.tobytes()
+
+
+def _self_loop(folder: Path) -> Path:
+    (folder / "self.jpg").symlink_to("self.jpg")
+    return folder / "self.jpg"
 
 
 def _truncated(suffix: str) -> Callable[[], bytes]:

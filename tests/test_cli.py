@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BUNDLED, DEFAULT_CLASSES, FER, PHOTOS, face_like, require, write_image
+from conftest import BUNDLED, DEFAULT_CLASSES, FER, PHOTOS, face_like, require, write_image, write_video
 
 from emorec.cli import build_parser, main
 from emorec.model import read_info
@@ -531,3 +531,102 @@ def test_a_closed_stderr_changes_nothing_but_the_messages(small_tree, tmp_path, 
                           env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == (1 if command == "check" else 0), done.stdout
     assert "summary: 6 valid image(s), 1 invalid" in done.stdout if command == "check" else (tmp_path / "p.npz").is_file()
+
+
+# ----------------------------------------------------------------------------
+# outputs never replace what the user has
+# ----------------------------------------------------------------------------
+
+
+def _one_error(capsys, command: str = "predict") -> str:
+    captured = capsys.readouterr()
+    [line] = captured.err.strip().splitlines()
+    assert line.startswith(f"emorec {command}: error: ") and "Traceback" not in captured.err
+    return line
+
+
+@pytest.fixture
+def my_photo(tmp_path) -> Path:
+    """p/me.jpg: one of the user's photos, in a folder of its own."""
+    photo = tmp_path / "p" / "me.jpg"
+    photo.parent.mkdir()
+    photo.write_bytes(require(PHOTOS / TWO_PHOTOS[0]).read_bytes())
+    return photo
+
+
+def test_predict_never_annotates_over_its_input_photo(my_photo, capsys):
+    before = my_photo.read_bytes()
+    for flags in ([], ["--exist-ok"]):
+        assert main(["predict", str(my_photo), "--save-annotated", str(my_photo.parent), *flags]) == 1
+        line = _one_error(capsys)
+        assert f"{my_photo}: is an input of this command" in line and "--exist-ok" not in line
+    assert my_photo.read_bytes() == before
+
+
+def test_predict_never_replaces_a_file_it_did_not_write(my_photo, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "me.jpg").write_bytes(b"the user's own file")
+    (tmp_path / "table.csv").write_text("month,amount\n")
+    for flags in (["--save-annotated", str(out)], ["--csv", str(tmp_path / "table.csv")]):
+        for exist_ok in ([], ["--exist-ok"]):
+            assert main(["predict", str(my_photo), *flags, *exist_ok]) == 1
+            line = _one_error(capsys)
+            assert "is not a file emorec wrote, so it is never replaced" in line and "use --exist-ok" not in line
+    assert (out / "me.jpg").read_bytes() == b"the user's own file"
+    assert (tmp_path / "table.csv").read_text() == "month,amount\n"
+
+
+def test_predict_replaces_its_own_csv_only_when_asked(bundled, my_photo, tmp_path, capsys):
+    csv_path = tmp_path / "faces.csv"
+    assert main(["predict", str(my_photo), "--csv", str(csv_path)]) == 0
+    assert main(["predict", str(my_photo), "--csv", str(csv_path)]) == 1
+    assert "use --exist-ok to replace" in _one_error(capsys)
+    assert main(["predict", str(my_photo), "--csv", str(csv_path), "--exist-ok"]) == 0
+
+
+def test_predict_refuses_two_outputs_on_one_file_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    video = write_video(tmp_path / "party.mp4", frames=2)
+    before = video.read_bytes()
+    assert main(["predict", str(video), "--csv", "party.csv", "--exist-ok"]) == 1
+    assert "two outputs of this command would be written to this one file" in _one_error(capsys)
+    assert main(["predict", str(video), "--save-annotated", str(tmp_path), "--exist-ok"]) == 1
+    assert f"{video}: is an input of this command" in _one_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["party.mp4"] and video.read_bytes() == before
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--save-annotated"])
+def test_predict_output_that_is_a_link_loop_is_one_line(flag, my_photo, tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop.name)
+    assert main(["predict", str(my_photo), flag, str(loop)]) == 1
+    assert f"{loop}: symbolic link loop" in _one_error(capsys)
+
+
+def test_predict_csv_of_a_file_name_that_is_not_utf8(bundled, my_photo, tmp_path, capsys):
+    latin1 = Path(os.fsdecode(os.fsencode(my_photo.parent) + b"/caf\xe9.jpg"))
+    my_photo.rename(latin1)
+    assert main(["predict", str(my_photo.parent), "--csv", str(tmp_path / "faces.csv")]) == 0
+    printed = capsys.readouterr().out
+    rows = (tmp_path / "faces.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 2 and rows[1].startswith(f"{my_photo.parent}/caf\\xe9.jpg,1,")
+    assert f"{my_photo.parent}/caf\\xe9.jpg  face 1" in printed
+
+
+def test_check_delete_leaves_hdr_and_pfm_images_named_as_photos(bundled, small_tree, capsys):
+    import cv2
+    import numpy as np
+
+    picture = np.random.default_rng(0).random((16, 16, 3)).astype(np.float32)
+    hdr, pfm = small_tree / "sad" / "sunset.jpg", small_tree / "happy" / "depth.gif"
+    hdr.write_bytes(cv2.imencode(".hdr", picture)[1].tobytes())
+    pfm.write_bytes(cv2.imencode(".pfm", picture)[1].tobytes())
+    assert main(["check", str(small_tree), "--delete"]) == 1
+    out = capsys.readouterr().out
+    assert f"left alone: {hdr}: a Radiance HDR file, not one of JPEG" in out
+    assert f"left alone: {pfm}: a PFM (floating-point) file, not one of JPEG" in out
+    assert hdr.exists() and pfm.exists() and not (small_tree / "sad" / "broken.jpg").exists()
+    assert main(["predict", str(hdr), str(pfm)]) == 1  # every command reads them alike
+    out = capsys.readouterr().out
+    assert "a Radiance HDR file, not one of" in out and "a PFM (floating-point) file, not one of" in out

@@ -295,6 +295,20 @@ def test_delete_files_removes_only_invalid(mixed_tree):
     assert (mixed_tree["root"] / "happy" / ".DS_Store").exists()
 
 
+def test_delete_and_quarantine_never_remove_the_target_of_a_link(tmp_path):
+    write_image(tmp_path / "data" / "happy" / "ok.png", face_like(0))
+    broken = tmp_path / "data" / "happy" / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    link = tmp_path / "data" / "sad" / "alias.jpg"
+    link.parent.mkdir()
+    link.symlink_to(broken)
+    report = scan_dataset(tmp_path / "data", progress=False)
+    for cleanup in (delete_files(report), quarantine(report, tmp_path / "aside")):
+        assert cleanup.done == [] and {item.path for item in cleanup.left} == {broken, link}
+        assert "the target of a symbolic link" in next(i.reason for i in cleanup.left if i.path == broken)
+    assert broken.read_bytes() == b"not an image" and link.exists()
+
+
 # ----------------------------------------------------------------------------
 # load_arrays / packs
 # ----------------------------------------------------------------------------

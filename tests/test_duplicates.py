@@ -195,3 +195,25 @@ def test_check_duplicates_on_a_folder_without_images(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "no image files found" in captured.out and "duplicates: 0 group(s)" in captured.out
     assert "error" not in captured.err
+
+
+def test_delete_never_removes_data_reached_through_a_linked_against_folder(split_pair, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "angry").symlink_to(split_pair["train"] / "angry", target_is_directory=True)  # DATA's own images
+    assert main(["check", str(split_pair["train"]), "--duplicates", "--against", str(other), "--delete", "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert found["duplicates"][0] == [str(split_pair["kept"]), str(split_pair["copy"]), str(other / "angry" / "a1.png"),
+                                      str(other / "angry" / "a2.jpg")]  # the same two files, seen from both folders
+    assert found["later_copies"] == [] and found["set_aside"]["done"] == []
+    assert all(path.exists() for path in (split_pair["kept"], split_pair["copy"], *(other / "angry").iterdir()))
+
+
+def test_delete_never_removes_the_target_of_a_link_inside_data(split_pair, capsys):
+    link = split_pair["train"] / "disgust" / "b1-link.png"
+    link.parent.mkdir()
+    link.symlink_to(split_pair["leak"])  # sorts before fear/b1.png, so the link is the file a group keeps
+    assert main(["check", str(split_pair["train"]), "--duplicates", "--delete", "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert str(split_pair["leak"]) not in found["set_aside"]["done"] + found["later_copies"]
+    assert split_pair["leak"].exists() and link.resolve() == split_pair["leak"] and link.exists()

@@ -157,13 +157,43 @@ def test_explain_never_overwrites_without_exist_ok(photo_tree, tmp_path, capsys)
     out = tmp_path / "explained"
     assert main(["explain", str(photo_tree / "crops"), "--out", str(out)]) == 0
     png = out / "happy.png"
-    png.write_bytes(b"mine")
+    written = png.read_bytes()
     capsys.readouterr()
     assert main(["explain", str(photo_tree / "crops"), "--out", str(out)]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"emorec explain: error: {png}: already exists") and png.read_bytes() == b"mine"
+    assert line.startswith(f"emorec explain: error: {png}: already exists") and "use --exist-ok" in line
+    assert png.read_bytes() == written
     assert main(["explain", str(photo_tree / "crops"), "--out", str(out), "--exist-ok"]) == 0
     assert cv2.imread(str(png)) is not None
+
+
+def test_explain_exist_ok_never_replaces_a_file_it_did_not_write(photo_tree, tmp_path, capsys):
+    (photo_tree / "crops" / "notes.jpg").unlink()
+    out = tmp_path / "explained"
+    out.mkdir()
+    (out / "happy.png").write_bytes(b"mine")
+    assert main(["explain", str(photo_tree / "crops"), "--out", str(out), "--exist-ok"]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"emorec explain: error: {out / 'happy.png'}: already exists and is not a file emorec wrote")
+    assert (out / "happy.png").read_bytes() == b"mine"
+
+
+def test_explain_never_writes_over_the_photo_it_explains(photo_tree, capsys):
+    shot = photo_tree / "people" / "shot.png"
+    shot.write_bytes(cv2.imencode(".png", cv2.imread(str(photo_tree / "people" / PHOTO)))[1].tobytes())
+    before = shot.read_bytes()
+    assert main(["explain", str(shot), "--out", str(shot.parent), "--exist-ok"]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == f"emorec explain: error: {shot}: is an input of this command, and an output never replaces an input; choose another output"
+    assert shot.read_bytes() == before
+
+
+def test_explain_out_that_is_a_link_loop_is_one_line(photo_tree, tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop.name)
+    assert main(["explain", str(photo_tree / "people"), "--out", str(loop)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == f"emorec explain: error: {loop}: symbolic link loop"
 
 
 @pytest.mark.parametrize("argv, message", [

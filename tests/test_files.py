@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -20,8 +21,13 @@ from emorec.files import (
     OutputPathError,
     atomic_open,
     atomic_write_bytes,
+    check_distinct_outputs,
     check_folder_name,
     check_output_path,
+    check_targets,
+    escape_undecodable,
+    is_own_output,
+    mark_output,
     new_run_dir,
     read_limited,
     stat_regular,
@@ -135,6 +141,95 @@ def test_output_under_a_file_or_of_the_wrong_kind_is_refused(tmp_path):
 def test_output_in_a_folder_that_cannot_be_written_is_refused():
     with pytest.raises(OutputPathError, match="cannot write in /proc"):
         check_output_path("/proc/emorec-results.csv")
+
+
+def _loop(path: Path) -> Path:
+    path.symlink_to(path.name)  # a link to itself
+    return path
+
+
+def test_an_output_that_is_a_link_loop_is_one_line(tmp_path):
+    for folder in (False, True):
+        with pytest.raises(OutputPathError, match="symbolic link loop"):
+            check_output_path(_loop(tmp_path / f"loop{folder}.png"), [tmp_path / "a.jpg"], folder=folder)
+    with pytest.raises(OutputPathError, match="symbolic link loop"):
+        check_targets([tmp_path / "loopFalse.png"], exist_ok=True)
+    # An input that is a loop is reported when read; it does not stop the output check.
+    assert check_output_path(tmp_path / "out.csv", [_loop(tmp_path / "in.jpg")]) == tmp_path / "out.csv"
+
+
+def _image(suffix: str) -> bytes:
+    gray = (np.arange(48 * 48).reshape(48, 48) % 251).astype(np.uint8)
+    return mark_output(cv2.imencode(suffix, cv2.merge([gray, gray, gray]))[1].tobytes(), suffix)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp"])
+def test_marked_images_decode_like_the_unmarked_ones(tmp_path, suffix):
+    from PIL import Image
+
+    gray = (np.arange(48 * 48).reshape(48, 48) % 251).astype(np.uint8)
+    plain = cv2.imencode(suffix, cv2.merge([gray, gray, gray]))[1].tobytes()
+    marked = tmp_path / f"marked{suffix}"
+    marked.write_bytes(mark_output(plain, suffix))
+    (tmp_path / f"plain{suffix}").write_bytes(plain)
+    assert np.array_equal(cv2.imread(str(marked)), cv2.imdecode(np.frombuffer(plain, np.uint8), cv2.IMREAD_COLOR))
+    with Image.open(marked) as image:
+        image.load()
+        assert image.size == (48, 48)
+    assert is_own_output(marked) and not is_own_output(tmp_path / f"plain{suffix}")
+
+
+def test_own_outputs_are_known_by_their_mark_or_their_csv_header(tmp_path):
+    (tmp_path / "results.csv").write_text("source,face,x,y,w,h,happy,sad,emotion,error\n")
+    (tmp_path / "frames.csv").write_text("time_s,frame,face,x,y,w,h,happy,sad,emotion\n")
+    (tmp_path / "budget.csv").write_text("month,amount\n")
+    os.mkfifo(tmp_path / "fifo.csv")
+    assert is_own_output(tmp_path / "results.csv") and is_own_output(tmp_path / "frames.csv")
+    assert not any(is_own_output(tmp_path / name) for name in ("budget.csv", "fifo.csv", "missing.csv"))
+    assert not is_own_output(tmp_path)
+
+
+def test_exist_ok_replaces_only_emorecs_own_outputs(tmp_path):
+    own, mine = tmp_path / "own.png", tmp_path / "mine.png"
+    own.write_bytes(_image(".png"))
+    mine.write_bytes(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
+    check_targets([own, tmp_path / "new.png"], exist_ok=True)
+    with pytest.raises(FileExistsError, match="use --exist-ok"):
+        check_targets([own], exist_ok=False)
+    for exist_ok in (False, True):
+        with pytest.raises(FileExistsError, match="not a file emorec wrote, so it is never replaced") as refused:
+            check_targets([mine], exist_ok=exist_ok)
+        assert "use --exist-ok" not in str(refused.value)
+
+
+def test_an_output_is_never_an_input_even_through_a_link(tmp_path):
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(_image(".jpg"))  # even an input that emorec wrote itself
+    (tmp_path / "link.jpg").symlink_to(photo)
+    os.link(photo, tmp_path / "hard.jpg")
+    for output in (photo, tmp_path / "link.jpg", tmp_path / "hard.jpg", tmp_path / "." / "me.jpg"):
+        with pytest.raises(OutputPathError, match="is an input of this command"):
+            check_targets([output], exist_ok=True, inputs=[photo])
+    with pytest.raises(OutputPathError, match="is an input of this command"):
+        check_targets([photo], exist_ok=True, inputs=[tmp_path / "link.jpg"])
+    check_targets([tmp_path / "other.jpg"], exist_ok=True, inputs=[photo])
+
+
+def test_two_outputs_of_one_command_never_share_a_file(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "out")
+    with pytest.raises(OutputPathError, match="two outputs of this command"):
+        check_distinct_outputs([tmp_path / "out" / "a.csv", tmp_path / "alias" / "a.csv"])
+    with pytest.raises(OutputPathError, match="two outputs of this command"):
+        check_targets([tmp_path / "a.png", tmp_path / "b.png", tmp_path / "a.png"], exist_ok=True)
+    check_distinct_outputs([tmp_path / "out" / "a.csv", tmp_path / "out" / "a.mp4"])
+
+
+def test_undecodable_name_bytes_are_escaped_as_printed():
+    name = os.fsdecode(b"caf\xe9-\xff.jpg")
+    assert escape_undecodable(name) == "caf\\xe9-\\xff.jpg"
+    assert escape_undecodable("café.jpg") == "café.jpg"
+
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -9,6 +9,7 @@ root's override run as nobody (setpriv) when the tests run as root.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from hostile import (Run, as_other_user, build_tree, families, link_outside_clas
                      privileges_droppable, run_cli)
 
 from emorec.cli import printable
+from emorec.files import escape_undecodable
 
 LIGHT_MIB = 600  # check, show, pack: Python, NumPy, OpenCV, Pillow, Matplotlib and one decoded image
 HEAVY_MIB = 2500  # evaluate, predict, train: TensorFlow and a model on top (a bomb decoded would be 4-8 GiB)
@@ -147,6 +149,18 @@ def test_predict_names_each_hostile_input_once(corpus):
             assert lines and not errors, (family.name, lines)
         else:
             assert len(lines) == len(errors) == 1, (family.name, lines)
+
+
+def test_predict_csv_has_one_row_per_hostile_input(corpus):
+    files = [corpus["made"][f.name] for f in corpus["families"] if not corpus["made"][f.name].is_dir()]
+    out = corpus["work"] / "hostile.csv"
+    run = run_cli(["predict", *[str(path) for path in files], "--csv", str(out)], timeout=300, prefix=corpus["prefix"],
+                  cwd=corpus["work"])
+    assert run.returncode == 1
+    _assert_sane(run, HEAVY_MIB, seconds=180)
+    with open(out, newline="", encoding="utf-8") as handle:
+        sources = {row["source"] for row in csv.DictReader(handle)}
+    assert sources == {escape_undecodable(str(path)) for path in files}  # bytes not in UTF-8 escaped as printed
 
 
 def test_recognizer_raises_one_line_image_read_errors(corpus):

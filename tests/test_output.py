@@ -52,3 +52,16 @@ def test_text_lines_name_each_file_once():
         "c.jpg  error: empty file (0 bytes)",
         "d.jpg  face 1 (whole image)  sad 0.90",
     ]
+
+
+def test_csv_of_a_file_name_that_is_not_utf8_is_written_with_the_name_escaped(tmp_path):
+    import os
+
+    from emorec.cli import printable
+
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9-\xff.jpg")
+    path = write_csv([ImageResult(name, error=f"{name}: empty file (0 bytes)")], tmp_path / "r.csv", FER_CLASSES)
+    with open(path, newline="", encoding="utf-8") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert row["source"] == printable(name) and row["source"].endswith("caf\\xe9-\\xff.jpg")
+    assert row["error"] == f"{printable(name)}: empty file (0 bytes)"

@@ -123,3 +123,48 @@ def test_video_sources_that_cannot_be_opened_are_one_line_errors(recognizer, tmp
                           recognizer=recognizer)
     assert "FIFO" in results[0].error and "\n" not in results[0].error  # refused, never opened (no hang)
     assert "no such camera" in results[1].error
+
+
+def test_annotated_copies_never_replace_an_input_photo_even_with_exist_ok(recognizer, tmp_path):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    me = folder / "me.jpg"
+    me.write_bytes(require(PHOTOS / PHOTO_NAMES[0]).read_bytes())
+    before = me.read_bytes()
+    with pytest.raises(ValueError, match="is an input of this command"):
+        predict_images(cfg([me], save_annotated=str(folder), exist_ok=True), progress=False, recognizer=recognizer)
+    assert me.read_bytes() == before
+
+
+def test_annotated_copies_replace_only_files_emorec_wrote(recognizer, tmp_path):
+    out = tmp_path / "out"
+    config = cfg([require(PHOTOS / PHOTO_NAMES[0])], save_annotated=str(out), exist_ok=True)
+    predict_images(config, progress=False, recognizer=recognizer)
+    predict_images(config, progress=False, recognizer=recognizer)  # its own output: replaced on request
+    mine = out / PHOTO_NAMES[0]
+    mine.write_bytes((PHOTOS / PHOTO_NAMES[1]).read_bytes())  # a photo of the user's with that name
+    with pytest.raises(FileExistsError, match="not a file emorec wrote"):
+        predict_images(config, progress=False, recognizer=recognizer)
+    assert mine.read_bytes() == (PHOTOS / PHOTO_NAMES[1]).read_bytes()
+
+
+def test_an_annotated_video_never_replaces_the_input_video(seven_class_model, tmp_path):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    video = write_video(folder / "party.mp4", frames=2)
+    before = video.read_bytes()
+    [result] = run_predict(cfg([video], seven_class_model, save_annotated=str(folder), exist_ok=True), progress=False)
+    assert "is an input of this command" in result.error
+    assert video.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["party.mp4"]
+
+
+def test_planned_outputs_list_every_file_a_run_writes(seven_class_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_video(folder / "clip.avi", frames=2)
+    (folder / "a.jpg").write_bytes(require(PHOTOS / PHOTO_NAMES[2]).read_bytes())
+    config = cfg([folder], seven_class_model, save_annotated=str(tmp_path / "out"))
+    outputs, inputs = predict.planned_outputs(config)
+    run_predict(config, progress=False)
+    assert sorted(outputs) == sorted((tmp_path / "out").iterdir())
+    assert sorted(inputs) == sorted(folder.iterdir())

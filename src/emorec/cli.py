@@ -20,6 +20,7 @@ from emorec import __version__
 from emorec.config import (CHOICES, ENGINES, RECIPES, TTA_MODES, ConfigError, ExplainConfig, PredictConfig, ServeConfig,
                            TrainConfig)
 from emorec.extras import MissingExtra, missing_message
+from emorec.files import escape_undecodable
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,9 +77,7 @@ _CONTROL = {**{c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}, 0x
 
 def printable(text: str) -> str:
     """text with control characters (terminal escape sequences, newlines) and undecodable name bytes escaped."""
-    text = text.translate(_CONTROL)
-    # Bytes of a file name that are not UTF-8 arrive as lone surrogates (U+DC80..U+DCFF).
-    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+    return escape_undecodable(text.translate(_CONTROL))
 
 
 def say(*lines: str, err: bool = False) -> None:
@@ -545,7 +544,8 @@ def _add_predict(commands) -> None:
     cmd.add_argument("--save-annotated", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
     cmd.add_argument("--stride", type=int, default=1, help="video: classify every N-th frame")
     cmd.add_argument("--smooth", type=float, default=0.0, help="video: smoothing of probabilities over frames, 0..0.99")
-    cmd.add_argument("--exist-ok", action="store_true", help="replace existing output files")
+    cmd.add_argument("--exist-ok", action="store_true", help="replace output files that emorec wrote before (never "
+                     "an input, never a file emorec did not write)")
     output = cmd.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print results as JSON")
     output.add_argument("--csv", metavar="FILE", help="write one row per face to FILE")
@@ -573,6 +573,7 @@ def _predict(args) -> int:
     cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
                         save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok,
                         engine=args.engine, address=args.address, cpus=args.cpus, actors=args.actors)
+    _check_output_plan(args, cfg)
     if cfg.engine == "ray":
         from emorec.distributed import run_predict_ray
         from emorec.runtime import model_path, read_info
@@ -592,13 +593,11 @@ def _predict(args) -> int:
 
 
 def _check_predict_outputs(args, sources: list[str]) -> None:
-    """--csv and --save-annotated: never an input nor inside an input folder, writable, no silent overwrite."""
+    """--csv, --save-annotated and --parquet: never an input nor inside an input folder, and writable."""
     from emorec.files import check_output_path
 
     if args.csv:
         check_output_path(args.csv, sources)
-        if Path(args.csv).exists() and not args.exist_ok:
-            raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
     if args.save_annotated:
         check_output_path(args.save_annotated, sources, folder=True)
     ray_only = [flag for flag in ("address", "cpus", "actors", "parquet") if getattr(args, flag)]
@@ -610,6 +609,24 @@ def _check_predict_outputs(args, sources: list[str]) -> None:
         check_output_path(args.parquet, sources, folder=True)
         if (Path(args.parquet) / PARQUET_NAME).exists() and not args.exist_ok:
             raise FileExistsError(f"{Path(args.parquet) / PARQUET_NAME}: already exists (use --exist-ok to replace it)")
+
+
+def _check_output_plan(args, cfg) -> None:
+    """Check every file predict would write before any work: none is an input, no two are one file.
+
+    An existing --csv file is replaced only with --exist-ok and only if emorec wrote it.
+    """
+    from emorec.files import check_distinct_outputs, check_targets
+    from emorec.predict import planned_outputs
+
+    outputs, inputs = planned_outputs(cfg)
+    csv = [Path(args.csv)] if args.csv else []
+    if args.parquet:
+        from emorec.distributed import PARQUET_NAME
+
+        outputs.append(Path(args.parquet) / PARQUET_NAME)
+    check_distinct_outputs([*csv, *outputs], inputs)
+    check_targets(csv, args.exist_ok, inputs)
 
 
 # ----------------------------------------------------------------------------
@@ -625,7 +642,8 @@ def _add_explain(commands) -> None:
     cmd.add_argument("--out", required=True, metavar="DIR", help="folder for one PNG per photo (sub-folders of folders kept)")
     cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
     cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")
-    cmd.add_argument("--exist-ok", action="store_true", help="replace existing PNGs")
+    cmd.add_argument("--exist-ok", action="store_true", help="replace PNGs that emorec wrote before (never a photo "
+                     "being explained, never a file emorec did not write)")
     cmd.set_defaults(handler=_explain)
 
 

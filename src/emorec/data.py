@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from emorec.files import InputFileError, atomic_open, check_output_path, read_limited, stat_regular
+from emorec.files import InputFileError, atomic_open, check_output_path, file_identity, read_limited, stat_regular
 from emorec.preprocess import to_bgr8, to_model_input
 
 # Every extension read as an image, in folders and file lists alike. Training reads
@@ -165,11 +165,21 @@ def _header(path: Path, data: bytes) -> tuple[str, int, int]:
 
 
 def _other_format(data: bytes) -> str | None:
-    """Image containers Pillow does not read, so that they are never taken for corrupt files."""
+    """Image containers Pillow does not read, so that they are never taken for corrupt files.
+
+    OpenCV decodes some of them (Radiance HDR, PFM), but emorec's reader
+    does not: every command refuses them alike, and `check --delete` leaves them.
+    """
     if data[4:8] == b"ftyp":
         return "an HEIF/AVIF/MP4"
     if data[:2] == b"\xff\x0a" or data[:12] == b"\0\0\0\x0cJXL \r\n\x87\n":
         return "a JPEG XL"
+    if data.startswith((b"#?RADIANCE", b"#?RGBE")):
+        return "a Radiance HDR"
+    if data[:2] in (b"PF", b"Pf") and data[2:3].isspace():
+        return "a PFM (floating-point)"
+    if data[:4] == b"v/1\x01":
+        return "an OpenEXR"
     return None
 
 
@@ -444,14 +454,19 @@ def _removable(report: ScanReport, extra: Sequence[InvalidFile] = ()) -> tuple[C
 
     Only regular files whose content fails to decode (or that the caller
     named in extra), reached without passing a symbolic link, inside the
-    resolved data folder. Valid images of other formats, images over the size
-    limit, unreadable files, links, FIFOs and devices are left alone, as are
-    documents (never in `invalid`).
+    resolved data folder, and not the target of a link among them. Valid
+    images of other formats, images over the size limit, unreadable files,
+    links, FIFOs and devices are left alone, as are documents (never in
+    `invalid`).
     """
     root = report.root.resolve()
     cleanup, allowed = Cleanup(), []
-    for item in [*report.invalid, *(InvalidFile(e.path, e.reason, corrupt=True) for e in extra)]:
+    items = [*report.invalid, *(InvalidFile(e.path, e.reason, corrupt=True) for e in extra)]
+    linked = {file_identity(item.path) for item in items if item.path.is_symlink()} - {None}
+    for item in items:
         why = _why_left_alone(item, report.root, root)
+        if why is None and file_identity(item.path) in linked:
+            why = "the target of a symbolic link in the data folder"
         if why is None:
             allowed.append(item)
         else:

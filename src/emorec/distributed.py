@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from emorec.config import PredictConfig
-from emorec.files import atomic_path, check_targets
+from emorec.files import OutputPathError, atomic_path, check_targets
 from emorec.predict import PHOTOS_PER_CALL, error_line, expand_sources, plan_sources, read_photo, video_outputs
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, ImageResult, VideoSummary
@@ -387,8 +387,8 @@ def _video_jobs(videos: list[tuple[str, Path | None]], cfg: PredictConfig) -> li
     for source, name in videos:
         csv_path, _ = video_outputs(source, cfg, name)
         try:
-            check_targets([csv_path], cfg.exist_ok)
-        except FileExistsError as error:
+            check_targets([csv_path], cfg.exist_ok, inputs=[source])
+        except (FileExistsError, OutputPathError) as error:
             jobs.append(ImageResult(str(source), error=str(error)))
             continue
         frames, fps = 0, 0.0

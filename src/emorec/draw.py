@@ -8,7 +8,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from emorec.files import atomic_write_bytes, check_targets
+from emorec.files import atomic_write_bytes, check_targets, mark_output
 from emorec.results import FaceResult
 
 BOX_COLOR = (0, 200, 0)  # BGR
@@ -49,7 +49,10 @@ def _draw_label(image: np.ndarray, label: str, corner: tuple[int, int], scale: f
 
 
 def save_annotated(image_bgr: np.ndarray, faces: Sequence[FaceResult], path: str | Path, exist_ok: bool = False) -> Path:
-    """Write `annotate(image_bgr, faces)` to path atomically; never replaces a file unless exist_ok."""
+    """Write `annotate(image_bgr, faces)` to path atomically, marked as emorec's output (`files.mark_output`).
+
+    An existing file is replaced only with exist_ok and only if emorec wrote it (`files.check_targets`).
+    """
     path = Path(path)
     check_targets([path], exist_ok)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,5 +60,5 @@ def save_annotated(image_bgr: np.ndarray, faces: Sequence[FaceResult], path: str
     ok, encoded = cv2.imencode(suffix, annotate(image_bgr, faces))
     if not ok:
         raise OSError(f"{path}: could not encode the annotated image")
-    atomic_write_bytes(path, encoded.tobytes())
+    atomic_write_bytes(path, mark_output(encoded.tobytes(), suffix))
     return path

@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 
 from emorec.data import InvalidFile, ScanReport, scan_dataset
+from emorec.files import file_identity, resolved_output
 from emorec.preprocess import to_model_input
 
 THUMB_SIDE = 32  # images are compared as 32x32 grey thumbnails
@@ -95,12 +96,17 @@ class DuplicateReport:
         A group keeps its first file, except that a copy of an image of an
         --against folder never stays in the data folder: those files are the
         reference (a test split, say), so their copies are the leak to remove.
+        A file that the group holds twice (a symbolic or hard link to it, or a
+        linked folder of an --against folder pointing into the data folder) is
+        never set aside: it may be the only copy, or the target of a link.
         """
         moving = []
         for group in self.groups:
             outside = [e for e in group if e.folder != 0]
             kept = outside[0] if outside else group[0]
-            moving += [(e, kept) for e in group if e.folder == 0 and e is not kept]
+            linked = _files_seen_twice(group)
+            moving += [(e, kept) for e in group if e.folder == 0 and e is not kept
+                       and file_identity(e.path) not in linked]
         return moving
 
     def cross_folder(self, folder: int) -> tuple[int, int]:
@@ -172,6 +178,15 @@ class DuplicateReport:
         return [InvalidFile(copy.path, f"a copy of {kept.path}") for copy, kept in self.later_copies()]
 
 
+def _files_seen_twice(group: list[Entry]) -> set[tuple[int, int]]:
+    """The (device, inode) of each file that two entries of the group reach (through links)."""
+    seen, twice = set(), set()
+    for identity in (file_identity(entry.path) for entry in group):
+        if identity is not None:
+            (twice if identity in seen else seen).add(identity)
+    return twice
+
+
 # ----------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------
@@ -231,7 +246,7 @@ def find_duplicates(data: str | Path, against: Sequence[str | Path] = (), progre
 
 
 def _check_distinct(folders: list[Path]) -> None:
-    resolved = [folder.resolve() for folder in folders]
+    resolved = [resolved_output(folder) for folder in folders]  # one line, not a traceback, for a link loop
     for i, a in enumerate(resolved):
         for j, b in enumerate(resolved):
             if i != j and a.is_relative_to(b):

@@ -313,14 +313,15 @@ def explain_targets(cfg: ExplainConfig) -> tuple[list[tuple[Path, Path | None]],
 def run_explain(cfg: ExplainConfig, progress: bool = True, explainer: Explainer | None = None) -> list[ExplainResult]:
     """Explain every photo of cfg.sources into a PNG under cfg.out; one ExplainResult per photo.
 
-    Raises FileExistsError before any work when a PNG would replace an
-    existing file (unless cfg.exist_ok) or two photos would write the same
-    PNG. A photo that cannot be read gets a result with error set and the
-    others go on; a photo without faces gets no PNG.
+    Raises FileExistsError or OutputPathError before any work when a PNG
+    would replace a photo of cfg.sources, an existing file (unless
+    cfg.exist_ok, and never one emorec did not write), or when two photos
+    would write the same PNG. A photo that cannot be read gets a result
+    with error set and the others go on; a photo without faces gets no PNG.
     """
     check_output_path(cfg.out, cfg.sources, folder=True)
     pairs, results = explain_targets(cfg)
-    check_targets([png for _, png in pairs], cfg.exist_ok)
+    check_targets([png for _, png in pairs], cfg.exist_ok, inputs=[photo for photo, _ in pairs])
     explainer = explainer or Explainer.from_config(cfg)
     with _photos_bar(len(pairs), progress) as bar:
         for path, png in pairs:

@@ -3,7 +3,10 @@
 Writes are atomic, keep the umask's permissions and never replace an existing
 file unless asked. Reads of user files go through `stat_regular` first, so
 FIFOs, devices, folders and broken links are refused without being opened.
-Outputs are checked against the inputs before any work starts.
+Outputs are checked against the inputs before any work starts, and an
+existing file is replaced (with --exist-ok) only when emorec wrote it: the
+images and videos emorec writes carry a mark (`mark_output`), its CSV files
+their own header, and an input of the command is never an output.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import json
 import math
 import os
 import stat
+import struct
 import tempfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 
 class InputFileError(ValueError):
@@ -96,9 +101,9 @@ def check_output_path(path: str | Path, inputs: Iterable[str | Path] = (), folde
     with a temporary file. Raises OutputPathError with a one-line message.
     """
     path = Path(path)
-    target = path.resolve()
+    target = resolved_output(path)
     for source in map(Path, inputs):
-        resolved = source.resolve()
+        resolved = _resolved_input(source)
         if target == resolved:
             raise OutputPathError(f"{path}: is one of the inputs; choose another output")
         if resolved.is_dir() and target.is_relative_to(resolved):
@@ -107,6 +112,22 @@ def check_output_path(path: str | Path, inputs: Iterable[str | Path] = (), folde
         raise OutputPathError(f"{path}: is {'not a folder' if folder else 'a folder, not a file'}")
     _probe_writable(target if folder else target.parent, path)
     return path
+
+
+def resolved_output(path: str | Path) -> Path:
+    """path made absolute with its links followed; OutputPathError for a symbolic link loop."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError for a loop, later versions OSError
+        raise OutputPathError(f"{path}: symbolic link loop") from None
+
+
+def _resolved_input(path: Path) -> Path:
+    # An input that is a link loop cannot be read; it is reported when read, and compared here as written.
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
 
 
 def _probe_writable(folder: Path, shown: Path) -> None:
@@ -211,6 +232,14 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def escape_undecodable(text: str) -> str:
+    """text with the bytes of a file name that are not UTF-8 written as \\xNN escapes, as emorec prints them.
+
+    Python reads such bytes as lone surrogates (U+DC80..U+DCFF), which no UTF-8 writer accepts.
+    """
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -218,12 +247,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_figure(figure, path: str | Path, overwrite: bool = True) -> Path:
-    """Save a Matplotlib figure as PNG atomically."""
+    """Save a Matplotlib figure as PNG atomically, marked as emorec's output (`mark_output`)."""
     import io
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return atomic_write_bytes(path, buffer.getvalue(), overwrite)
+    return atomic_write_bytes(path, mark_output(buffer.getvalue()), overwrite)
 
 
 def new_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path:
@@ -255,12 +284,134 @@ def check_folder_name(name: str) -> str:
     return name
 
 
-def check_targets(paths: Sequence[Path], exist_ok: bool) -> None:
-    """Raise FileExistsError if outputs would replace files (unless exist_ok) or each other."""
-    seen = set()
+def check_targets(paths: Sequence[str | Path], exist_ok: bool, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse, before any work, outputs that would hurt an input, each other or a file emorec did not write.
+
+    An output may not be one of inputs (same resolved path, or the same file
+    through a hard link), and no two outputs may be one file. An existing
+    output file is replaced only with exist_ok, and only when it is one of
+    emorec's own outputs (`is_own_output`). Raises OutputPathError or
+    FileExistsError with a one-line message that says which rule applies.
+    """
+    check_distinct_outputs(paths, inputs)
     for path in paths:
-        if path in seen:
-            raise FileExistsError(f"{path}: two inputs would write the same output file")
-        seen.add(path)
-        if path.exists() and not exist_ok:
-            raise FileExistsError(f"{path}: already exists; refusing to overwrite it (use --exist-ok to replace)")
+        if os.path.exists(path):
+            _check_replaceable(Path(path), exist_ok)
+
+
+def check_distinct_outputs(paths: Sequence[str | Path], inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse (OutputPathError) an output that is one of inputs, or one file that two outputs would share.
+
+    Paths are compared with their links followed, and existing files by
+    (device, inode), so a link or a hard link to an input counts as the input.
+    """
+    resolve = _FolderCache()
+    sources = _identities(inputs, resolve)
+    seen: set[str] = set()
+    for path in paths:
+        target = resolve(path, resolved_output)
+        if target in seen:
+            raise OutputPathError(f"{path}: two outputs of this command would be written to this one file")
+        seen.add(target)
+        if target in sources or file_identity(path) in sources:
+            raise OutputPathError(f"{path}: is an input of this command, and an output never replaces an input; "
+                                  "choose another output")
+
+
+def _check_replaceable(path: Path, exist_ok: bool) -> None:
+    own = is_own_output(path)
+    if own and exist_ok:
+        return
+    if own:
+        raise FileExistsError(f"{path}: already exists; refusing to overwrite it (use --exist-ok to replace)")
+    raise FileExistsError(f"{path}: already exists and is not a file emorec wrote, so it is never replaced "
+                          "(--exist-ok replaces only emorec's own outputs); move it or choose another output")
+
+
+def file_identity(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of the file path names, links followed; None if it cannot be reached."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+class _FolderCache:
+    """Path.resolve, as a string, for many files of few folders: each folder is resolved once.
+
+    Strings, not Paths: pathlib's parsing costs more than the system calls for a folder of 30,000 photos.
+    """
+
+    def __init__(self):
+        self.folders: dict[str, str] = {}
+
+    def __call__(self, path: str | Path, resolve: Callable[[Path], Path]) -> str:
+        folder, name = os.path.split(os.fspath(path))
+        if name in ("", ".", "..") or os.path.islink(path):
+            return str(resolve(Path(path)))
+        if folder not in self.folders:
+            self.folders[folder] = str(resolve(Path(folder or ".")))
+        return os.path.join(self.folders[folder], name)
+
+
+def _identities(inputs: Iterable[str | Path], resolve: _FolderCache) -> set:
+    """The resolved paths and (device, inode) pairs of the inputs that exist."""
+    found: set = set()
+    for source in inputs:
+        found.add(resolve(source, _resolved_input))
+        identity = file_identity(source)
+        if identity is not None:
+            found.add(identity)
+    return found
+
+
+# ----------------------------------------------------------------------------
+# emorec's own outputs
+# ----------------------------------------------------------------------------
+
+# Images and videos emorec writes carry this mark where readers ignore it (see mark_output), so that
+# --exist-ok can tell them from a user's files. The CSV files are known by their first columns instead
+# (those of output.write_csv and video.FrameCsv).
+OUTPUT_MARK = b"emorec output"
+_OWN_CSV_HEADERS = (b"source,face,x,y,w,h,", b"time_s,frame,face,x,y,w,h,")
+_MP4_SUFFIXES = (".mp4", ".m4v", ".mov")
+_MARK_WINDOW = 4096  # bytes read from each end of a file when looking for the mark
+
+
+def mark_output(data: bytes, suffix: str = "") -> bytes:
+    """data of an image emorec writes, with OUTPUT_MARK added where image readers ignore it.
+
+    PNG: a tEXt chunk "Software" after the header chunk; JPEG: a comment
+    segment after the start (and JFIF) segments; anything else (BMP): the
+    mark appended after the image data.
+    """
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        body = b"Software\0" + OUTPUT_MARK
+        chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+        return data[:33] + chunk + data[33:]  # 33: signature (8) + IHDR chunk (25)
+    if data.startswith(b"\xff\xd8"):
+        at = 4 + int.from_bytes(data[4:6], "big") if data[2:4] == b"\xff\xe0" else 2
+        return data[:at] + b"\xff\xfe" + struct.pack(">H", len(OUTPUT_MARK) + 2) + OUTPUT_MARK + data[at:]
+    return data + output_trailer(suffix)
+
+
+def output_trailer(suffix: str) -> bytes:
+    """OUTPUT_MARK in a form that can end a file of this suffix: a `free` box for MP4/MOV, the bare mark else."""
+    if suffix.lower() in _MP4_SUFFIXES:
+        return struct.pack(">I", 8 + len(OUTPUT_MARK)) + b"free" + OUTPUT_MARK
+    return OUTPUT_MARK
+
+
+def is_own_output(path: str | Path) -> bool:
+    """Whether path is a regular file that emorec wrote: it carries OUTPUT_MARK or starts with an emorec CSV header."""
+    try:
+        size = stat_regular(path).st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (InputFileError, OSError):
+        return False
+    with os.fdopen(fd, "rb") as handle:
+        head = handle.read(_MARK_WINDOW)
+        handle.seek(max(size - _MARK_WINDOW, 0))
+        tail = handle.read(_MARK_WINDOW)
+    return head.startswith(_OWN_CSV_HEADERS) or OUTPUT_MARK in head or OUTPUT_MARK in tail

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from emorec.files import atomic_write_bytes
+from emorec.files import atomic_write_bytes, escape_undecodable
 from emorec.results import ImageResult, VideoSummary
 
 
@@ -26,7 +26,8 @@ def write_csv(results: Sequence[ImageResult], path: str | Path, class_names: Seq
 
     An image without faces (or with an error) gets one row with empty face
     fields; video sources are left out (their per-frame CSV is separate).
-    The file is written atomically. class_names (e.g. Recognizer.class_names)
+    The file is written atomically, in UTF-8; bytes of a file name that are
+    not UTF-8 are written as \\xNN escapes, as the text output prints them. class_names (e.g. Recognizer.class_names)
     fixes the class columns even when no face was found anywhere.
     """
     classes = list(class_names) if class_names is not None else _class_names(results)
@@ -38,7 +39,7 @@ def write_csv(results: Sequence[ImageResult], path: str | Path, class_names: Seq
             writer.writerows(_csv_rows(result, classes))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    atomic_write_bytes(path, escape_undecodable(buffer.getvalue()).encode())
     return path
 
 

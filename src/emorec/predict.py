@@ -86,13 +86,14 @@ def predict_images(cfg: PredictConfig, progress: bool = True, recognizer: Recogn
     A file that cannot be read gives a result whose error names the file; the
     batch always goes on. With cfg.save_annotated, annotated copies are
     written there keeping the file names (and the sub-folders below a folder
-    source); FileExistsError is raised before any work if one would replace
-    an existing file and cfg.exist_ok is False.
+    source); FileExistsError or OutputPathError is raised before any work if
+    one would replace an input, or an existing file without cfg.exist_ok or
+    that emorec did not write (`files.check_targets`).
     """
     pairs = [(path, name) for path, name in expand_sources(cfg.sources) if not is_video(path)]
     out_dir = Path(cfg.save_annotated) if cfg.save_annotated else None
     if out_dir is not None:
-        check_targets([out_dir / name for _, name in pairs], cfg.exist_ok)
+        check_targets([out_dir / name for _, name in pairs], cfg.exist_ok, inputs=[path for path, _ in pairs])
     recognizer = recognizer or Recognizer.from_config(cfg)
 
     def read_and_prepare(position: int):
@@ -182,6 +183,23 @@ def plan_sources(sources: list[str]) -> tuple[list[ImageResult], list[str], list
     errors = [ImageResult(str(s), error=f"{s}: no images or videos in this folder") for s, files in folders.items()
               if not files]
     return errors, images, videos
+
+
+def planned_outputs(cfg: PredictConfig) -> tuple[list[Path], list[Path]]:
+    """(every file run_predict would write, every file it would read) for cfg, to check the outputs before any work.
+
+    The outputs are the annotated copies of the photos and each video's CSV
+    and annotated video; the inputs are the photo and video files.
+    """
+    webcams = [source for source in cfg.sources if webcam_index(source) is not None]
+    files = expand_sources([source for source in cfg.sources if webcam_index(source) is None])
+    outputs = [path for source in webcams for path in video_outputs(source, cfg) if path is not None]
+    for path, name in files:
+        if is_video(path):
+            outputs += [output for output in video_outputs(path, cfg, name) if output is not None]
+        elif cfg.save_annotated:
+            outputs.append(Path(cfg.save_annotated) / name)
+    return outputs, [path for path, _ in files]
 
 
 def video_outputs(source: str | Path, cfg: PredictConfig, name: Path | None = None) -> tuple[Path, Path | None]:

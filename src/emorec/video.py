@@ -21,7 +21,7 @@ import numpy as np
 
 from emorec.config import PredictConfig
 from emorec.draw import annotate
-from emorec.files import atomic_path, check_targets, stat_regular
+from emorec.files import atomic_path, check_targets, output_trailer, stat_regular
 from emorec.pipeline import in_background, ordered_map
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, VideoSummary
@@ -60,11 +60,11 @@ def predict_video(
     every frame with the latest boxes drawn. With cfg.smooth > 0 the
     probabilities of face i are smoothed across classified frames:
     p = smooth * previous + (1 - smooth) * new. Existing files are refused
-    unless cfg.exist_ok. Ctrl-C stops a webcam and keeps what was recorded;
+    unless cfg.exist_ok, and even then unless emorec wrote them (`files.check_targets`). Ctrl-C stops a webcam and keeps what was recorded;
     on a video file it removes the partial outputs and is raised again.
     """
     targets = [Path(csv_path)] + ([Path(annotated_path)] if annotated_path else [])
-    check_targets(targets, cfg.exist_ok)
+    check_targets(targets, cfg.exist_ok, inputs=[source] if webcam_index(source) is None else [])
     recognizer = recognizer or Recognizer.from_config(cfg)
     capture = open_capture(source)
     summary = VideoSummary(str(source), fps=capture_fps(capture), csv_path=str(csv_path))
@@ -218,11 +218,13 @@ class _VideoSink:
         self.writer.write(frame)
 
     def close(self) -> str | None:
-        """Finish the file and move it into place; None if no frame was written."""
+        """Finish the file, mark it as emorec's output and move it into place; None if no frame was written."""
         if self.writer is None:
             return None
         self.writer.release()
         self.writer = None
+        with open(self.tmp, "ab") as handle:
+            handle.write(output_trailer(self.tmp.suffix))
         os.replace(self.tmp, self.path)
         return str(self.path)
 
