@@ -543,7 +543,9 @@ def _add_predict(commands) -> None:
     _add_tta_flag(cmd)
     cmd.add_argument("--save-annotated", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
     cmd.add_argument("--stride", type=int, default=1, help="video: classify every N-th frame")
-    cmd.add_argument("--smooth", type=float, default=0.0, help="video: smoothing of probabilities over frames, 0..0.99")
+    cmd.add_argument("--smooth", type=float, default=0.0, help="video: smoothing of each person's probabilities over frames, 0..0.99")
+    cmd.add_argument("--track-buffer", type=float, default=2.0, metavar="SECONDS",
+                     help="video: a face lost from sight this long keeps its track id when it comes back (default 2)")
     cmd.add_argument("--exist-ok", action="store_true", help="replace output files that emorec wrote before (never "
                      "an input, never a file emorec did not write)")
     output = cmd.add_mutually_exclusive_group()
@@ -572,7 +574,8 @@ def _predict(args) -> int:
     _check_predict_outputs(args, sources)
     cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
                         save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok,
-                        engine=args.engine, address=args.address, cpus=args.cpus, actors=args.actors)
+                        track_buffer=args.track_buffer, engine=args.engine, address=args.address, cpus=args.cpus,
+                        actors=args.actors)
     _check_output_plan(args, cfg)
     if cfg.engine == "ray":
         from emorec.distributed import run_predict_ray
