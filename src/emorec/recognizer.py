@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from emorec.config import PredictConfig
-from emorec.data import read_image
+from emorec.images import read_image
 from emorec.faces import Face, create_detector, crop_face
 from emorec.preprocess import to_bgr8, to_model_input
 from emorec.results import FaceResult
