@@ -205,3 +205,74 @@ def test_opencv_refuses_what_the_header_check_would_even_if_bypassed(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=60)
     assert done.stdout.split() == ["refused", "64000000"], done.stderr
     assert done.stderr == ""  # OpenCV's own log lines are silenced
+
+
+# ----------------------------------------------------------------------------
+# The byte budget: decoded size from the header, and lean 16-bit conversion
+# ----------------------------------------------------------------------------
+
+
+def test_read_budgets_the_decoded_bytes_from_the_header(tmp_path):
+    from hostile import decompressing_png
+
+    deep, shallow = tmp_path / "deep.png", tmp_path / "shallow.png"
+    deep.write_bytes(decompressing_png(200, 100, depth=16, colour_type=2))  # 120,000 bytes decoded
+    shallow.write_bytes(decompressing_png(200, 100, depth=8, colour_type=2))  # 60,000 bytes, as many pixels
+    assert read_image(shallow, max_bytes=100_000).shape == (100, 200, 3)
+    with pytest.raises(ImageReadError, match=r"200x100 pixels x 3 channel\(s\) x 2 byte\(s\) decode to "
+                                             r"120,000 bytes, over the 100,000 bytes limit") as caught:
+        read_image(deep, max_bytes=100_000)
+    assert not caught.value.corrupt  # over the budget is not corrupt: never deleted
+    assert read_image(deep, max_bytes=120_000).shape == (100, 200, 3)
+
+
+def test_a_16_bit_8000x8000_png_is_refused_before_any_pixel_is_decoded(tmp_path):
+    from hostile import png_bytes
+
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_bytes(8000, 8000, depth=16, colour_type=2))  # 64 Mpx, within the pixel limit
+    with pytest.raises(ImageReadError, match="decode to 366 MiB, over the 256 MiB limit") as caught:
+        read_image(path)
+    assert not caught.value.corrupt  # judged from the header: the missing pixel data is never looked at
+
+
+def test_a_16_bit_png_within_the_budget_is_read_without_large_copies(tmp_path):
+    """Peak RSS of a fresh process reading a 16-bit RGB 3000x3000 PNG (54 MB decoded) grows by less than 3x that."""
+    import subprocess
+    import sys
+
+    from hostile import decompressing_png
+
+    path = tmp_path / "deep.png"
+    path.write_bytes(decompressing_png(3000, 3000, depth=16, colour_type=2))
+    decoded = 3000 * 3000 * 3 * 2
+    code = ("import resource, sys\n"
+            "from emorec.images import read_image\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "image = read_image(sys.argv[1])\n"
+            "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "print(image.shape, image.dtype, (after - before) * 1024)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=120)
+    shape, dtype, grown = done.stdout.rsplit(" ", 2)
+    assert (shape, dtype) == ("(3000, 3000, 3)", "uint8"), done.stderr
+    assert int(grown) < 3 * decoded  # the 16-bit array and its 8-bit copy; float64 copies took 9x
+
+
+def test_a_jpeg_cut_short_and_closed_with_an_end_marker_is_truncated(tmp_path):
+    from hostile import cut_jpeg_with_end_marker
+
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(cut_jpeg_with_end_marker())
+    with pytest.raises(ImageReadError, match="truncated JPEG") as caught:
+        read_image(path)
+    assert caught.value.corrupt
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_jpeg_with_damaged_coded_data_but_all_of_it_still_reads(tmp_path):
+    from hostile import _scrambled_jpeg
+
+    path = tmp_path / "scrambled.jpg"
+    path.write_bytes(_scrambled_jpeg())  # libjpeg warns of extraneous bytes, not of missing ones
+    assert read_image(path).shape == (96, 96, 3)
