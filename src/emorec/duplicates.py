@@ -31,12 +31,13 @@ noise in the flat areas reorders their grey levels.
 
 Blank images are those whose thumbnail is nearly constant (grey-level
 standard deviation below BLANK_STD); they are listed, not compared (they
-would all match each other). Images at least FACE_MIN_SIDE pixels on their
-short side are also searched for a face with `faces.create_detector`; smaller
-images are taken to be face crops already (FER2013's are 48x48): on 300
-FER2013 val crops that all ten FER+ annotators called faces, YuNet found no
-face in 13 (4.3%), at 19 ms a crop (10 minutes for FER2013), so on crops a
-missing face says little and costs much.
+would all match each other). Images that are not face crops by
+`faces.is_face_crop` (the rule prediction follows: short side under
+FACE_CROP_SIDE px) are also searched for a face with
+`faces.create_detector`: on 300 FER2013 val crops that all ten FER+
+annotators called faces, YuNet found no face in 13 (4.3%), at 19 ms a crop
+(10 minutes for FER2013), so on crops a missing face says little and costs
+much.
 """
 
 from __future__ import annotations
@@ -50,13 +51,13 @@ import cv2
 import numpy as np
 
 from emorec.data import InvalidFile, ScanReport, scan_dataset
+from emorec.faces import FACE_CROP_SIDE, create_detector, is_face_crop
 from emorec.preprocess import to_model_input
 
 THUMB_SIDE = 32  # images are compared as 32x32 grey thumbnails
 HASH_DISTANCE = 12  # of 63 hash bits: pairs further apart are not compared pixel by pixel
 MIN_CORRELATION = 0.96  # rank correlation of blurred thumbnails that makes two images copies
 BLANK_STD = 4.0  # thumbnails with a grey-level standard deviation below this are blank
-FACE_MIN_SIDE = 64  # images with a shorter side are not searched for a face
 _BLOCK = 256  # hash rows compared at once (256 x 32k distances: 8 MiB)
 
 
@@ -126,7 +127,7 @@ class DuplicateReport:
             "later_copies": [str(copy.path) for copy, _ in self.later_copies()],
             "blank": [str(e.path) for e in self.blank],
             "no_face": [str(e.path) for e in self.no_face],
-            "face_check": {"min_side": FACE_MIN_SIDE, "checked": self.face_checked},
+            "face_check": {"min_side": FACE_CROP_SIDE, "checked": self.face_checked},
             "seconds": round(self.seconds, 2),
         }
 
@@ -155,10 +156,10 @@ class DuplicateReport:
         lines += [f"  {e.path}" for e in self.blank[:shown]]
         if self.face_checked:
             lines.append(f"no face found: {len(self.no_face)} of the {self.face_checked} image(s) of at least "
-                         f"{FACE_MIN_SIDE} px")
+                         f"{FACE_CROP_SIDE} px")
             lines += [f"  {e.path}" for e in self.no_face[:shown]]
         else:
-            lines.append(f"no face search: no image is {FACE_MIN_SIDE} px or larger (smaller ones count as face crops)")
+            lines.append(f"no face search: no image is {FACE_CROP_SIDE} px or larger (smaller ones count as face crops)")
         lines.append(f"compared in {self.seconds:.1f} s")
         return lines
 
@@ -189,15 +190,13 @@ class _Reader:
 
     def __call__(self, path: Path, image: np.ndarray) -> None:
         self.thumbs[path] = to_model_input(image, THUMB_SIDE, 1)[..., 0]
-        if min(image.shape[:2]) >= FACE_MIN_SIDE:
+        if not is_face_crop(image):
             self.face_checked += 1
             if not self._detect(image):
                 self.no_face.add(path)
 
     def _detect(self, image: np.ndarray) -> list:
         if self._detector is None:
-            from emorec.faces import create_detector
-
             self._detector = create_detector(self._detector_name)
         return self._detector.detect(image)
 
