@@ -276,3 +276,18 @@ def test_a_jpeg_with_damaged_coded_data_but_all_of_it_still_reads(tmp_path):
     path = tmp_path / "scrambled.jpg"
     path.write_bytes(_scrambled_jpeg())  # libjpeg warns of extraneous bytes, not of missing ones
     assert read_image(path).shape == (96, 96, 3)
+
+
+@pytest.mark.parametrize("name, pixels", [
+    ("gray16.tif", np.full((40, 50), 40000, np.uint16)),
+    ("colour16.tif", np.full((40, 50, 3), 40000, np.uint16)),
+    ("float.tif", np.full((40, 50), 0.5, np.float32)),
+    ("gray16.png", np.full((40, 50), 40000, np.uint16)),
+], ids=["16-bit gray TIFF", "16-bit colour TIFF", "float TIFF", "16-bit gray PNG"])
+def test_the_budget_counts_each_format_as_it_decodes(tmp_path, name, pixels):
+    path = tmp_path / name
+    Image.fromarray(pixels).save(path) if pixels.dtype == np.float32 else write_image(path, pixels)
+    decoded = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED).nbytes
+    assert read_image(path, max_bytes=decoded).shape == (40, 50, 3)
+    with pytest.raises(ImageReadError, match="limit for one decoded image"):
+        read_image(path, max_bytes=decoded - 1)
