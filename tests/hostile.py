@@ -83,7 +83,7 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
 
 def png_bytes(width: int, height: int, rows: Callable[[], bytes] | None = None, depth: int = 8,
               colour_type: int = 0) -> bytes:
-    """A PNG header declaring width x height (gray 8-bit by default); rows() gives the filtered scanlines (default: a tiny stream)."""
+    """A PNG of width x height (gray 8-bit by default); rows() gives the filtered scanlines (default: a tiny stream)."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     idat = zlib.compress(rows() if rows else b"\0" * 64, 9)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
@@ -93,7 +93,7 @@ _PNG_CHANNELS = {0: 1, 2: 3, 6: 4}  # PNG colour types: gray, RGB, RGBA
 
 
 def decompressing_png(width: int, height: int, depth: int = 8, colour_type: int = 0) -> bytes:
-    """A complete, valid all-black PNG: a few hundred KB that inflate to width*height*channels*depth/8 bytes."""
+    """A complete, valid all-black PNG: a few hundred KB that inflate to width x height x channels x depth/8 bytes."""
     compressor = zlib.compressobj(9)
     row = b"\0" * (width * _PNG_CHANNELS[colour_type] * depth // 8 + 1)
     chunks = [compressor.compress(row) for _ in range(height)] + [compressor.flush()]

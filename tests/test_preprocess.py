@@ -48,7 +48,8 @@ def test_deep_arrays_become_8_bit_without_float64_copies(dtype, bound):
     import tracemalloc
 
     rng = np.random.default_rng(0)
-    deep = rng.integers(0, 65536, (500, 500, 3)).astype(dtype) if dtype == np.uint16 else rng.random((500, 500, 3), dtype)
+    shape = (500, 500, 3)
+    deep = rng.integers(0, 65536, shape).astype(dtype) if dtype == np.uint16 else rng.random(shape, dtype)
     tracemalloc.start()
     try:
         image = to_bgr8(deep)

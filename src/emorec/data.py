@@ -1,9 +1,9 @@
 """Data preparation: scan class folders, validate images, set bad files aside, load.
 
 A dataset is a folder with one sub-folder per class (`happy/`, `sad/`, ...).
-`scan_dataset` checks every file with `images.read_image`, the one reader
-that every command uses, and only files with an image extension. Files of other types
-(notes, README files) are listed as documents and left alone. Nothing is
+`scan_dataset` checks every file with an image extension with
+`images.read_image`, the one reader that every command uses; files of other
+types (notes, README files) are listed as documents and left alone. Nothing is
 moved or deleted unless the caller asks (`quarantine` / `delete_files`), and
 then only corrupt image files inside the data folder.
 """

@@ -14,7 +14,7 @@ grey thumbnail (`preprocess.to_model_input`) and compares the thumbnails:
    its first image: 10,000 identical files cost one comparison, not 50
    million (benchmarks/duplicate_copies.py, busy 2-core machine: `check
    --duplicates` on 3,000 copies 5.8 s and 142 MiB, was 61.8 s and 512 MiB;
-   on 10,000 copies 16.9 s and 196 MiB, was 231 s and 4.9 GB).
+   on 10,000 copies 16.9 s and 196 MiB, reported at 231 s and 4.9 GB before).
 3. A 63-bit perceptual hash (the signs of the 8x8 lowest DCT frequencies of
    the ranks, against their median) finds candidate pairs: every pair of
    distinct rank images is compared, 256 rows at a time, by the Hamming
@@ -314,7 +314,7 @@ def _equal_sets(ranks: np.ndarray) -> list[list[int]]:
 
 
 def matching_pairs(ranks: np.ndarray, progress: bool = False) -> np.ndarray:
-    """(M, 2) index pairs i < j of rank images (`rank_images`) that are copies of each other (hash candidates, then confirmed)."""
+    """(M, 2) index pairs i < j of rank images (`rank_images`) that are copies: hash candidates, then confirmed."""
     if len(ranks) < 2:
         return np.zeros((0, 2), np.intp)
     candidates = _hash_candidates(perceptual_hashes(ranks), progress)

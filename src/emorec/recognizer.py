@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from emorec.config import PredictConfig
-from emorec.images import read_image
 from emorec.faces import Face, create_detector, crop_face, is_face_crop
+from emorec.images import read_image
 from emorec.preprocess import to_bgr8, to_model_input
 from emorec.results import FaceResult
 from emorec.runtime import Runtime, load_runtime, probabilities
@@ -28,7 +28,7 @@ from emorec.runtime import Runtime, load_runtime, probabilities
 
 @dataclass(frozen=True)
 class WholeImage:
-    """The region "the whole image is one face": detection is off, or the image is a face crop (`faces.is_face_crop`)."""
+    """The region "the whole image is one face": detection is off, or the image is a face crop (`is_face_crop`)."""
 
 
 WHOLE_IMAGE = WholeImage()
