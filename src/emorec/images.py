@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -239,13 +239,14 @@ def _decode(path: Path, data: bytes, kind: str, scale: int) -> np.ndarray:
     # JPEG: IMREAD_COLOR applies the EXIF orientation and converts CMYK.
     flags = _REDUCED_JPEG[scale] if kind == "JPEG" else cv2.IMREAD_UNCHANGED
     try:
-        with _decoder_messages() as messages:
+        # Only JPEG decoding is serialised to catch libjpeg's lines: other formats decode in parallel.
+        with _decoder_messages() if kind == "JPEG" else nullcontext([]) as messages:
             image = cv2.imdecode(buffer, flags)
     except cv2.error as error:
         raise ImageReadError(f"{path}: OpenCV cannot decode this {kind} ({_one_line(error)})") from None
     # libjpeg's warning when the coded data runs out before the image is complete: the rows it
     # had no data for come out flat grey, even when an end marker follows the cut.
-    if kind == "JPEG" and any("premature end of data segment" in message for message in messages):
+    if any("premature end of data segment" in message for message in messages):
         raise ImageReadError(f"{path}: truncated JPEG (its coded data stops before the last rows)", corrupt=True)
     if image is None or image.size == 0:
         if _pillow_decodes(data):
