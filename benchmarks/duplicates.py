@@ -31,7 +31,7 @@ FER = REPO.parent / "shared" / "data" / "fer2013"
 RESULTS = HERE / "results" / "duplicates.json"
 sys.path.insert(0, str(REPO / "src"))
 
-from emorec.data import read_image  # noqa: E402
+from emorec.images import read_image  # noqa: E402
 from emorec.duplicates import (HASH_DISTANCE, MIN_CORRELATION, find_duplicates, perceptual_hashes,  # noqa: E402
                                rank_images, rank_vectors)
 from emorec.preprocess import to_model_input  # noqa: E402

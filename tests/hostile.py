@@ -81,19 +81,23 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def png_bytes(width: int, height: int, rows: Callable[[], bytes] | None = None) -> bytes:
-    """A gray 8-bit PNG of width x height; rows() gives the filtered scanlines (default: a tiny stream)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+def png_bytes(width: int, height: int, rows: Callable[[], bytes] | None = None, depth: int = 8,
+              colour_type: int = 0) -> bytes:
+    """A PNG of width x height (gray 8-bit by default); rows() gives the filtered scanlines (default: a tiny stream)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     idat = zlib.compress(rows() if rows else b"\0" * 64, 9)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
-def decompressing_png(width: int, height: int) -> bytes:
-    """A complete, valid all-black PNG: a few hundred KB that inflate to width*height bytes."""
+_PNG_CHANNELS = {0: 1, 2: 3, 6: 4}  # PNG colour types: gray, RGB, RGBA
+
+
+def decompressing_png(width: int, height: int, depth: int = 8, colour_type: int = 0) -> bytes:
+    """A complete, valid all-black PNG: a few hundred KB that inflate to width x height x channels x depth/8 bytes."""
     compressor = zlib.compressobj(9)
-    row = b"\0" * (width + 1)
+    row = b"\0" * (width * _PNG_CHANNELS[colour_type] * depth // 8 + 1)
     chunks = [compressor.compress(row) for _ in range(height)] + [compressor.flush()]
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", b"".join(chunks)) + _png_chunk(b"IEND", b"")
 
 
@@ -252,6 +256,11 @@ def families() -> list[Family]:
         Family("Radiance HDR named .jpg", _bytes("sunset.jpg", lambda: _float_image(".hdr")), "refused"),
         Family("PFM named .gif", _bytes("depth.gif", lambda: _float_image(".pfm")), "refused"),
         Family("self-looping symlink", _self_loop, "refused"),
+        Family("JPEG cut at 90% with an end marker", _bytes("cut-closed.jpg", cut_jpeg_with_end_marker), "corrupt"),
+        Family("16-bit RGB PNG 8000x8000 (366 MiB decoded)",
+               _bytes("deep-rgb.png", lambda: decompressing_png(8000, 8000, depth=16, colour_type=2)), "refused"),
+        Family("16-bit gray PNG 8000x8000 (accepted)",
+               _bytes("deep-gray.png", lambda: decompressing_png(8000, 8000, depth=16)), "valid"),
     ]
     return found
 
@@ -266,6 +275,12 @@ def _float_image(suffix: str) -> bytes:
 def _self_loop(folder: Path) -> Path:
     (folder / "self.jpg").symlink_to("self.jpg")
     return folder / "self.jpg"
+
+
+def cut_jpeg_with_end_marker() -> bytes:
+    """A JPEG cut at 90% of its bytes and closed with an end-of-image marker, as a copy cut short and repaired."""
+    data = encoded(".jpg", face(3, 96))
+    return data[: len(data) * 9 // 10] + b"\xff\xd9"
 
 
 def _truncated(suffix: str) -> Callable[[], bytes]:

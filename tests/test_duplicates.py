@@ -11,7 +11,9 @@ import pytest
 from conftest import FER, PHOTOS, PHOTO_NAMES, copy_fer_subset, require, write_image
 
 from emorec.cli import main
-from emorec.duplicates import find_duplicates, group_pairs
+from emorec.duplicates import find_duplicates, group_pairs, matching_groups, matching_pairs, rank_images
+from emorec.images import read_image
+from emorec.preprocess import to_model_input
 
 CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
@@ -115,6 +117,49 @@ def test_large_images_without_a_face_are_flagged(tmp_path):
     report = find_duplicates(tmp_path, progress=False)
     assert [e.path.name for e in report.no_face] == ["texture.png"]
     assert report.face_checked == 2
+
+
+def _thumbs(paths: list[Path]) -> np.ndarray:
+    return np.stack([to_model_input(read_image(path), 32, 1)[..., 0] for path in paths])
+
+
+def test_many_copies_group_as_when_every_pair_is_compared(tmp_path):
+    """Identical files, grey-level-mapped copies, near-copies and distinct faces: the groups of the all-pairs search."""
+    faces = _first_faces("val", per_class=4)
+    for index, path in enumerate(faces):
+        write_image(tmp_path / "distinct" / f"d{index:02d}.png", cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
+    copied, mapped = faces[0].read_bytes(), cv2.imread(str(faces[1]), cv2.IMREAD_GRAYSCALE)
+    for index in range(300):
+        (tmp_path / ("a" if index % 2 else "b")).mkdir(exist_ok=True)
+        (tmp_path / ("a" if index % 2 else "b") / f"copy{index:03d}.jpg").write_bytes(copied)
+    for index in range(20):
+        write_image(tmp_path / "a" / f"stretched{index:02d}.png", _lut(mapped, lambda x, k=index: 20 + k + 0.7 * x))
+    write_image(tmp_path / "b" / "reencoded.jpg", _jpeg(cv2.imread(str(faces[2]), cv2.IMREAD_GRAYSCALE), 30))
+    report = find_duplicates(tmp_path, progress=False)
+    paths = [entry.path for entry in (e for g in report.groups for e in g)]
+    every = sorted(tmp_path.rglob("*.*"))
+    thumbs = _thumbs(every)
+    all_pairs = [{every[i] for i in group} for group in group_pairs(matching_pairs(rank_images(thumbs)), len(thumbs))]
+    assert sorted(map(sorted, _groups(report))) == sorted(map(sorted, all_pairs))
+    sizes = sorted(len(group) for group in report.groups)
+    assert sizes[-2:] == [21, 301] and len(paths) == len(set(paths))  # d00 and its 300 copies, d01 and 20 mapped ones
+
+
+def test_identical_copies_are_compared_once_so_memory_stays_linear():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    face = cv2.GaussianBlur(rng.integers(0, 256, (32, 32), dtype=np.uint8), (5, 5), 1)
+    others = np.stack([cv2.GaussianBlur(rng.integers(0, 256, (32, 32), dtype=np.uint8), (5, 5), 1) for _ in range(20)])
+    thumbs = np.concatenate([np.repeat(face[None], 4000, axis=0), others])
+    tracemalloc.start()
+    try:
+        groups = matching_groups(thumbs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert groups == [list(range(4000))]
+    assert peak < 120 * 2**20  # every pair: 8 million candidate pairs, over 250 MiB
 
 
 def test_group_pairs_joins_chains():

@@ -14,7 +14,7 @@ import pytest
 from conftest import BUNDLED, FER, FER2013_MODEL, FER_CLASSES, PHOTOS, require
 
 from emorec.cli import main
-from emorec.data import read_image
+from emorec.images import read_image
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PHOTO = "Jennifer_Aniston_0021.jpg"

@@ -8,7 +8,8 @@ from conftest import FER, require
 
 from emorec import export
 from emorec.cli import main
-from emorec.data import read_image, scan_dataset
+from emorec.data import scan_dataset
+from emorec.images import read_image
 from emorec.export import check_faces, export_onnx, int8_path, quantize_int8
 from emorec.model import ModelInfo, build_model, inference_copy, save_model
 from emorec.preprocess import to_model_input

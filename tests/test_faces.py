@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emorec.faces import DETECTORS, Face, create_detector, crop_face
+from emorec.faces import DETECTORS, FACE_CROP_SIDE, Face, create_detector, crop_face, is_face_crop
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PHOTOS = DATA / "photos"
@@ -86,6 +86,14 @@ def test_auto_prefers_yunet_when_available():
 def test_unknown_detector_names_the_choices():
     with pytest.raises(ValueError, match="haar"):
         create_detector("nope")
+
+
+def test_a_face_crop_is_an_image_whose_short_side_is_under_64_px():
+    assert FACE_CROP_SIDE == 64
+    assert is_face_crop(np.zeros((48, 48), np.uint8))  # FER2013's crops
+    assert is_face_crop(np.zeros((63, 400, 3), np.uint8))  # the short side decides
+    assert not is_face_crop(np.zeros((64, 64, 3), np.uint8))
+    assert not is_face_crop(np.zeros((96, 96, 3), np.uint8))
 
 
 @pytest.mark.parametrize("grayscale, channels", [(True, 1), (False, 3)])

@@ -167,7 +167,7 @@ def test_recognizer_raises_one_line_image_read_errors(corpus):
     code = (
         "import json, sys\n"
         "from emorec import Recognizer\n"
-        "from emorec.data import ImageReadError\n"
+        "from emorec.images import ImageReadError\n"
         "rec = Recognizer()\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"

@@ -41,3 +41,21 @@ def test_to_model_input_shrinks_by_area_and_enlarges_linearly():
                                   cv2.resize(rgb_small, (48, 48), interpolation=cv2.INTER_LINEAR))
     same = big[:48, :48]
     np.testing.assert_array_equal(to_model_input(same, 48, 3), cv2.cvtColor(same, cv2.COLOR_BGR2RGB))
+
+
+@pytest.mark.parametrize("dtype, bound", [(np.uint16, 1.0), (np.float32, 1.5)])
+def test_deep_arrays_become_8_bit_without_float64_copies(dtype, bound):
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    shape = (500, 500, 3)
+    deep = rng.integers(0, 65536, shape).astype(dtype) if dtype == np.uint16 else rng.random(shape, dtype)
+    tracemalloc.start()
+    try:
+        image = to_bgr8(deep)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected = np.round(deep / 257 if dtype == np.uint16 else deep * 255).astype(np.uint8)
+    np.testing.assert_array_equal(image, expected)
+    assert peak < bound * deep.nbytes  # 16-bit: the 8-bit result only; floats: one float32 working copy

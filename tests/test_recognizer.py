@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import FER, PHOTO_NAMES, PHOTOS, assert_distribution, photo, require
 
-from emorec.data import ImageReadError, read_image
+from emorec.images import ImageReadError, read_image
 from emorec.preprocess import to_model_input
 from emorec.recognizer import WHOLE_IMAGE, Recognizer, to_bgr
 from emorec.runtime import BUNDLED_KERAS, load_runtime
@@ -51,13 +51,36 @@ def test_fer_crop_is_classified_whole_without_detection(recognizer, seven_class_
     [face] = Recognizer(seven_class_model, detect=False).predict(image)
     assert face.box is None
     assert_distribution(face)
-    # With detection on, a small image gives one face either way: a detected
-    # one, or the whole image when the detector finds nothing (auto rule).
+    # With detection on, a crop under 64 px is classified whole too, even where
+    # a detector would find the face inside it.
+    assert any(recognizer.detector.detect(cv2.imread(str(path))) for path in paths[:10])
     for path in paths[:10]:
-        faces = recognizer.predict(path)
-        assert len(faces) == 1
-        if not recognizer.detector.detect(cv2.imread(str(path))):
-            assert faces[0].box is None
+        [face] = recognizer.predict(path)
+        assert face.box is None
+
+
+def test_predict_and_evaluate_give_the_same_top_class_on_fer_crops(fer_tree):
+    """The same FER2013 val crops through `predict` (automatic detection) and `evaluate`: one verdict per file."""
+    from emorec.evaluate import compute_metrics, evaluate_model
+
+    tree = fer_tree(classes=("angry", "happy", "sad", "surprise"), per_class=12, split="val")
+    runtime = load_runtime("bundled")
+    report = evaluate_model(runtime, tree, progress=False)
+    recognizer = Recognizer(runtime=runtime)
+    names = runtime.info.class_names
+    truth, predicted = [], []
+    for path in sorted(tree.glob("*/*.jpg")):
+        [face] = recognizer.predict(path)
+        assert face.box is None  # classified whole, not re-cropped by the detector
+        truth.append(names.index(path.parent.name))
+        predicted.append(names.index(face.emotion))
+    assert compute_metrics(np.array(truth), np.array(predicted), names).confusion == report.confusion
+
+
+def test_images_of_64_px_and_more_are_searched_for_faces(recognizer):
+    assert recognizer.locate(np.full((63, 300, 3), 128, np.uint8)) == [WHOLE_IMAGE]  # a crop: never searched
+    assert recognizer.locate(np.full((64, 64, 3), 128, np.uint8)) == []  # no face found, no guess
+    assert recognizer.locate(np.full((96, 96, 3), 128, np.uint8)) == []
 
 
 def test_whole_image_input_is_what_evaluation_feeds_the_model():

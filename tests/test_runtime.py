@@ -12,7 +12,8 @@ from conftest import DEFAULT_CLASSES, FER, require
 
 from emorec import runtime
 from emorec.config import tta_mode
-from emorec.data import read_image, scan_dataset
+from emorec.data import scan_dataset
+from emorec.images import read_image
 from emorec.model import ModelInfo, build_model, predict_probabilities, save_model
 from emorec.preprocess import to_model_input
 from emorec.runtime import (BUNDLED_KERAS, BUNDLED_ONNX, DEFAULT_MODEL, MODELS_DIR, KerasModel, ModelError, OnnxModel,

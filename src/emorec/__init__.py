@@ -1,6 +1,6 @@
 """emorec: facial emotion recognition, from a folder of labelled faces to predictions on photos and videos.
 
-The stages live in their own modules: `data` (scan, validate, load),
+The stages live in their own modules: `images` (the one image reader), `data` (scan, validate, load),
 `visualize`, `model`, `train`, `evaluate`, `export`, `predict` and `cli`;
 `recognizer`, `runtime`, `faces` and `preprocess` hold what prediction
 runs on. Importing `emorec` itself is light; ONNX Runtime loads with a
@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # OpenCV reads its decoder limit once, when it is loaded, so it is set here, before
 # any emorec module imports cv2: a second fence behind the header check of
-# emorec.data.read_image (64,000,000 is data.MAX_PIXELS). Its own log lines and
+# emorec.images.read_image (64,000,000 is images.MAX_PIXELS). Its own log lines and
 # FFmpeg's would otherwise reach the terminal; emorec reports failures itself.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "64000000")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")

@@ -1,58 +1,33 @@
 """Data preparation: scan class folders, validate images, set bad files aside, load.
 
 A dataset is a folder with one sub-folder per class (`happy/`, `sad/`, ...).
-`scan_dataset` checks every file with `read_image`, the one reader that every
-command uses: a file must be a regular file of an image type, its header must
-declare a size within the limit, and it must decode. Files of other types
-(notes, README files) are listed as documents and left alone. Nothing is
+`scan_dataset` checks every file with an image extension with
+`images.read_image`, the one reader that every command uses; files of other
+types (notes, README files) are listed as documents and left alone. Nothing is
 moved or deleted unless the caller asks (`quarantine` / `delete_files`), and
 then only corrupt image files inside the data folder.
 """
 
 from __future__ import annotations
 
-import io
 import lzma
 import os
-import re
 import shutil
 import tempfile
-import threading
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
 
-from emorec.files import InputFileError, atomic_open, check_output_path, file_identity, read_limited, stat_regular
-from emorec.preprocess import to_bgr8, to_model_input
+from emorec.files import InputFileError, atomic_open, check_output_path, file_identity, stat_regular
+from emorec.images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from emorec.preprocess import to_model_input
 
-# Every extension read as an image, in folders and file lists alike. Training reads
-# them through a clean view of PNGs (`clean_view`), so TensorFlow's own list does not matter.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-MAX_PIXELS = 64_000_000  # larger images are refused from their header, never decoded (decompression bombs)
-MAX_FILE_BYTES = 256 * 2**20  # a larger file is refused without being read
-# Formats as Pillow names them in a header, and the name emorec gives them (MPO: a multi-picture JPEG).
-_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP", "DIB": "BMP",
-            "TIFF": "TIFF", "WEBP": "WebP"}
-_REDUCED_JPEG = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                 8: cv2.IMREAD_REDUCED_COLOR_8}
 VIEW_PREFIX = "emorec-clean-"  # folder names of clean_view's temporary trees
-
-
-class ImageReadError(ValueError):
-    """An image file could not be read; the message names the file and the reason.
-
-    corrupt is True only when the file is an image file whose content fails
-    to decode (empty, truncated, garbage): the only files `--delete` removes.
-    """
-
-    def __init__(self, message: str, corrupt: bool = False):
-        super().__init__(message)
-        self.corrupt = corrupt
 
 
 class DatasetError(ValueError):
@@ -112,199 +87,8 @@ class ScanReport:
 
 
 # ----------------------------------------------------------------------------
-# The one image reader
+# Validating
 # ----------------------------------------------------------------------------
-
-
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, reduce: bool = False) -> np.ndarray:
-    """Read an image file as an 8-bit BGR array, whatever its mode.
-
-    Handles grayscale, RGBA (alpha dropped), 16-bit (scaled to 8 bits), CMYK
-    JPEGs and EXIF orientation (OpenCV applies it). The file is checked with
-    `stat` before it is opened (regular files of at most MAX_FILE_BYTES) and
-    its size is read from the header before it is decoded. An image over
-    max_pixels is refused, or with reduce=True (prediction) a JPEG is decoded
-    at 1/2, 1/4 or 1/8 of its size to fit. Raises ImageReadError with a
-    one-line message naming the file for anything that cannot be read.
-    """
-    path = Path(path)
-    try:
-        data = read_limited(path, MAX_FILE_BYTES)
-    except InputFileError as error:
-        raise ImageReadError(str(error)) from None
-    kind, width, height = _header(path, data)
-    scale = _scale(path, kind, width, height, max_pixels, reduce)
-    if kind == "JPEG":
-        _check_jpeg(path, data, width, height)
-    return to_bgr8(_decode(path, data, kind, scale))
-
-
-def _header(path: Path, data: bytes) -> tuple[str, int, int]:
-    """(format, width, height) from the header alone; Pillow reads no pixels here."""
-    from PIL import Image
-
-    if not data:
-        raise ImageReadError(f"{path}: empty file (0 bytes)", corrupt=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # bomb and corrupt-EXIF warnings: the checks below decide
-            with Image.open(io.BytesIO(data)) as image:
-                name, (width, height) = image.format, image.size
-    except Image.DecompressionBombError as error:
-        declared = re.search(r"\((\d+) pixels\)", str(error))
-        pixels = f"{int(declared[1]):,}" if declared else "too many"
-        raise ImageReadError(f"{path}: header declares {pixels} pixels, over the {MAX_PIXELS:,}-pixel limit") from None
-    except Exception:  # noqa: BLE001 - Pillow's parsers raise many types on hostile bytes; all mean "unreadable"
-        other = _other_format(data)
-        if other:
-            raise ImageReadError(f"{path}: {other} file, not one of {_readable_formats()}") from None
-        raise ImageReadError(f"{path}: not a decodable image (corrupt, truncated or another format)", corrupt=True) from None
-    if name not in _FORMATS:
-        raise ImageReadError(f"{path}: a {name} image, not one of {_readable_formats()}")
-    return _FORMATS[name], width, height
-
-
-def _other_format(data: bytes) -> str | None:
-    """Image containers Pillow does not read, so that they are never taken for corrupt files.
-
-    OpenCV decodes some of them (Radiance HDR, PFM), but emorec's reader
-    does not: every command refuses them alike, and `check --delete` leaves them.
-    """
-    if data[4:8] == b"ftyp":
-        return "an HEIF/AVIF/MP4"
-    if data[:2] == b"\xff\x0a" or data[:12] == b"\0\0\0\x0cJXL \r\n\x87\n":
-        return "a JPEG XL"
-    if data.startswith((b"#?RADIANCE", b"#?RGBE")):
-        return "a Radiance HDR"
-    if data[:2] in (b"PF", b"Pf") and data[2:3].isspace():
-        return "a PFM (floating-point)"
-    if data[:4] == b"v/1\x01":
-        return "an OpenEXR"
-    return None
-
-
-def _readable_formats() -> str:
-    return ", ".join(dict.fromkeys(_FORMATS.values()))
-
-
-def _scale(path: Path, kind: str, width: int, height: int, max_pixels: int, reduce: bool) -> int:
-    """1, or the JPEG reduction (2, 4, 8) that brings an over-size photo within max_pixels."""
-    pixels = width * height
-    if pixels <= max_pixels:
-        return 1
-    if reduce and kind == "JPEG":
-        for scale in (2, 4, 8):
-            if pixels <= max_pixels * scale * scale:
-                return scale
-    raise ImageReadError(f"{path}: {width}x{height} pixels exceeds the {max_pixels:,}-pixel limit")
-
-
-def _check_jpeg(path: Path, data: bytes, width: int, height: int) -> None:
-    frame, end = _jpeg_layout(data)
-    # OpenCV decodes a truncated JPEG into a half-grey picture without failing.
-    # The end marker is looked for after the last scan, so bytes appended after it
-    # (motion photos, padding) do not count.
-    if end is None:
-        raise ImageReadError(f"{path}: truncated JPEG (its data stops before the end-of-image marker)", corrupt=True)
-    # Huffman-coded data needs at least one bit per 8x8 block: a tiny file declaring
-    # a huge frame is a decompression bomb, not a photo.
-    if frame in _HUFFMAN_FRAMES and end * 8 < ((width + 7) // 8) * ((height + 7) // 8):
-        raise ImageReadError(f"{path}: JPEG header declares {width}x{height} pixels, but the file holds only "
-                             f"{len(data):,} bytes", corrupt=True)
-
-
-_HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7)
-
-
-def _jpeg_layout(data: bytes) -> tuple[int | None, int | None]:
-    """(frame marker, offset just after the end-of-image marker that ends the last scan or None)."""
-    pos, frame, size = 2, None, len(data)
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= size:
-            return frame, None
-        marker = data[pos + 1]
-        if marker == 0xD9:
-            return frame, pos + 2
-        if marker in (0x00, 0x01, 0xFF) or 0xD0 <= marker <= 0xD8:
-            pos += 1 if marker == 0xFF else 2
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            frame = marker
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker == 0xDA:
-            pos = _entropy_end(data, pos)
-
-
-def _entropy_end(data: bytes, pos: int) -> int:
-    """Offset of the first marker after entropy-coded data (0xFF00 stuffing and restart markers skipped)."""
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(data):
-            return len(data)
-        following = data[pos + 1]
-        if following == 0x00 or 0xD0 <= following <= 0xD7:
-            pos += 2
-        elif following == 0xFF:
-            pos += 1
-        else:
-            return pos
-
-
-def _decode(path: Path, data: bytes, kind: str, scale: int) -> np.ndarray:
-    buffer = np.frombuffer(data, np.uint8)
-    # JPEG: IMREAD_COLOR applies the EXIF orientation and converts CMYK.
-    flags = _REDUCED_JPEG[scale] if kind == "JPEG" else cv2.IMREAD_UNCHANGED
-    try:
-        with _quiet_stderr() if kind == "JPEG" else nullcontext():
-            image = cv2.imdecode(buffer, flags)
-    except cv2.error as error:
-        raise ImageReadError(f"{path}: OpenCV cannot decode this {kind} ({_one_line(error)})") from None
-    if image is None or image.size == 0:
-        if _pillow_decodes(data):
-            raise ImageReadError(f"{path}: a {kind} variant that OpenCV cannot decode")
-        raise ImageReadError(f"{path}: not a decodable image (corrupt, truncated or another format)", corrupt=True)
-    return image
-
-
-def _pillow_decodes(data: bytes) -> bool:
-    """Whether Pillow decodes what OpenCV did not: then the file is an unsupported variant, not corrupt."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-    except Exception:  # noqa: BLE001 - any failure means the data is damaged
-        return False
-    return True
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
-_STDERR_LOCK = threading.Lock()
-
-
-@contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Hide what C libraries write straight to file descriptor 2 (libjpeg's "Corrupt JPEG data" lines)."""
-    with _STDERR_LOCK:
-        try:
-            saved = os.dup(2)
-        except OSError:  # no stderr at all: nothing to hide
-            yield
-            return
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
 
 
 def validate_image(path: str | Path) -> str | None:

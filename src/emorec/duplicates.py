@@ -8,11 +8,18 @@ grey thumbnail (`preprocess.to_model_input`) and compares the thumbnails:
    histogram-equalised. Any increasing grey-level mapping (contrast stretch,
    gamma, histogram equalisation: FER2013's own JPEGs are equalised copies)
    leaves the ranks as they were, so copies that differ that way compare equal.
-2. A 63-bit perceptual hash (the signs of the 8x8 lowest DCT frequencies of
+2. Images with equal rank images (byte-identical files, or copies that
+   differ by a grey-level mapping) are copies of each other and match the
+   same others, so each such set takes part in the steps below once, through
+   its first image: 10,000 identical files cost one comparison, not 50
+   million (benchmarks/duplicate_copies.py, busy 2-core machine: `check
+   --duplicates` on 3,000 copies 5.8 s and 142 MiB, was 61.8 s and 512 MiB;
+   on 10,000 copies 16.9 s and 196 MiB, reported at 231 s and 4.9 GB before).
+3. A 63-bit perceptual hash (the signs of the 8x8 lowest DCT frequencies of
    the ranks, against their median) finds candidate pairs: every pair of
-   images is compared, 256 rows at a time, by the Hamming distance of their
-   hashes; pairs within HASH_DISTANCE bits are candidates.
-3. Each candidate is confirmed by the correlation of the two rank images,
+   distinct rank images is compared, 256 rows at a time, by the Hamming
+   distance of their hashes; pairs within HASH_DISTANCE bits are candidates.
+4. Each candidate is confirmed by the correlation of the two rank images,
    lightly blurred (a Spearman correlation that JPEG noise in flat or
    saturated areas hardly moves); at least MIN_CORRELATION makes a match.
    Matches are joined into groups (union-find), so A~B and B~C group A, B, C.
@@ -31,16 +38,18 @@ noise in the flat areas reorders their grey levels.
 
 Blank images are those whose thumbnail is nearly constant (grey-level
 standard deviation below BLANK_STD); they are listed, not compared (they
-would all match each other). Images at least FACE_MIN_SIDE pixels on their
-short side are also searched for a face with `faces.create_detector`; smaller
-images are taken to be face crops already (FER2013's are 48x48): on 300
-FER2013 val crops that all ten FER+ annotators called faces, YuNet found no
-face in 13 (4.3%), at 19 ms a crop (10 minutes for FER2013), so on crops a
-missing face says little and costs much.
+would all match each other). Images that are not face crops by
+`faces.is_face_crop` (the rule prediction follows: short side under
+FACE_CROP_SIDE px) are also searched for a face with
+`faces.create_detector`: on 300 FER2013 val crops that all ten FER+
+annotators called faces, YuNet found no face in 13 (4.3%), at 19 ms a crop
+(10 minutes for FER2013), so on crops a missing face says little and costs
+much.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,13 +60,13 @@ import numpy as np
 
 from emorec.data import InvalidFile, ScanReport, scan_dataset
 from emorec.files import file_identity, resolved_output
+from emorec.faces import FACE_CROP_SIDE, create_detector, is_face_crop
 from emorec.preprocess import to_model_input
 
 THUMB_SIDE = 32  # images are compared as 32x32 grey thumbnails
 HASH_DISTANCE = 12  # of 63 hash bits: pairs further apart are not compared pixel by pixel
 MIN_CORRELATION = 0.96  # rank correlation of blurred thumbnails that makes two images copies
 BLANK_STD = 4.0  # thumbnails with a grey-level standard deviation below this are blank
-FACE_MIN_SIDE = 64  # images with a shorter side are not searched for a face
 _BLOCK = 256  # hash rows compared at once (256 x 32k distances: 8 MiB)
 
 
@@ -132,7 +141,7 @@ class DuplicateReport:
             "later_copies": [str(copy.path) for copy, _ in self.later_copies()],
             "blank": [str(e.path) for e in self.blank],
             "no_face": [str(e.path) for e in self.no_face],
-            "face_check": {"min_side": FACE_MIN_SIDE, "checked": self.face_checked},
+            "face_check": {"min_side": FACE_CROP_SIDE, "checked": self.face_checked},
             "seconds": round(self.seconds, 2),
         }
 
@@ -161,10 +170,10 @@ class DuplicateReport:
         lines += [f"  {e.path}" for e in self.blank[:shown]]
         if self.face_checked:
             lines.append(f"no face found: {len(self.no_face)} of the {self.face_checked} image(s) of at least "
-                         f"{FACE_MIN_SIDE} px")
+                         f"{FACE_CROP_SIDE} px")
             lines += [f"  {e.path}" for e in self.no_face[:shown]]
         else:
-            lines.append(f"no face search: no image is {FACE_MIN_SIDE} px or larger (smaller ones count as face crops)")
+            lines.append(f"no face search: no image is {FACE_CROP_SIDE} px or larger (smaller ones count as face crops)")
         lines.append(f"compared in {self.seconds:.1f} s")
         return lines
 
@@ -204,15 +213,13 @@ class _Reader:
 
     def __call__(self, path: Path, image: np.ndarray) -> None:
         self.thumbs[path] = to_model_input(image, THUMB_SIDE, 1)[..., 0]
-        if min(image.shape[:2]) >= FACE_MIN_SIDE:
+        if not is_face_crop(image):
             self.face_checked += 1
             if not self._detect(image):
                 self.no_face.add(path)
 
     def _detect(self, image: np.ndarray) -> list:
         if self._detector is None:
-            from emorec.faces import create_detector
-
             self._detector = create_detector(self._detector_name)
         return self._detector.detect(image)
 
@@ -238,8 +245,7 @@ def find_duplicates(data: str | Path, against: Sequence[str | Path] = (), progre
         thumbs[i] = reader.thumbs.pop(entry.path)
     blank = thumbs.reshape(len(entries), THUMB_SIDE * THUMB_SIDE).std(axis=1) < BLANK_STD
     compared = np.flatnonzero(~blank)
-    pairs = matching_pairs(thumbs[compared], progress)
-    groups = [[entries[compared[i]] for i in group] for group in group_pairs(pairs, len(compared))]
+    groups = [[entries[compared[i]] for i in group] for group in matching_groups(thumbs[compared], progress)]
     return DuplicateReport(scans=scans, groups=groups, blank=[e for e, b in zip(entries, blank) if b],
                            no_face=[e for e in entries if e.path in reader.no_face],
                            face_checked=reader.face_checked, seconds=time.perf_counter() - start)
@@ -298,11 +304,34 @@ def rank_vectors(ranks: np.ndarray) -> np.ndarray:
     return blurred / np.maximum(np.linalg.norm(blurred, axis=1, keepdims=True), 1e-6)
 
 
-def matching_pairs(thumbs: np.ndarray, progress: bool = False) -> np.ndarray:
-    """(M, 2) index pairs i < j of thumbnails that are copies of each other (hash candidates, then confirmed)."""
-    if len(thumbs) < 2:
-        return np.zeros((0, 2), np.intp)
+def matching_groups(thumbs: np.ndarray, progress: bool = False) -> list[list[int]]:
+    """Indices of the thumbnails that are copies of each other: groups of two or more, each sorted, by first member.
+
+    Each set of equal rank images is compared once, through its first
+    member, and then stands for all its members (see the module docstring).
+    """
     ranks = rank_images(thumbs)
+    members = _equal_sets(ranks)
+    first = np.array([indices[0] for indices in members], np.intp)
+    linked = group_pairs(matching_pairs(ranks[first], progress), len(first))
+    alone = set(range(len(first))).difference(*linked)
+    sets = linked + [[k] for k in sorted(alone) if len(members[k]) > 1]
+    return sorted((sorted(i for k in group for i in members[k]) for group in sets), key=lambda group: group[0])
+
+
+def _equal_sets(ranks: np.ndarray) -> list[list[int]]:
+    """The indices of equal rank images, set by set, each set and the sets in index order."""
+    sets: dict[bytes, list[int]] = {}
+    for index, rank in enumerate(ranks):
+        # A 128-bit digest stands for the 4 KiB image: equal digests of unequal images are not to be expected.
+        sets.setdefault(hashlib.blake2b(rank.tobytes(), digest_size=16).digest(), []).append(index)
+    return list(sets.values())
+
+
+def matching_pairs(ranks: np.ndarray, progress: bool = False) -> np.ndarray:
+    """(M, 2) index pairs i < j of rank images (`rank_images`) that are copies: hash candidates, then confirmed."""
+    if len(ranks) < 2:
+        return np.zeros((0, 2), np.intp)
     candidates = _hash_candidates(perceptual_hashes(ranks), progress)
     if not len(candidates):
         return candidates

@@ -119,6 +119,9 @@ def evaluate_model(runtime: Runtime, source: str | Path, tta: bool | str = False
                    labels: LabelSpec | None = None) -> EvalReport:
     """Evaluate a loaded model (see emorec.runtime.load_runtime) on a class-folder tree or pack.
 
+    Every image is classified whole, as `predict` classifies a face crop
+    (`faces.is_face_crop`), so the two agree on crops like FER2013's.
+
     With labels, the true label of an image is the majority of its row in that file
     (images without one are left out and counted), classes are matched by name (a
     label class the model lacks counts as an error), and vote rows also give the

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from emorec.config import ExplainConfig
-from emorec.data import read_image
+from emorec.images import read_image
 from emorec.extras import require
 from emorec.files import check_output_path, check_targets, save_figure
 from emorec.predict import error_line, expand_sources

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from emorec.config import PredictConfig
-from emorec.data import IMAGE_EXTENSIONS, ImageReadError, read_image
+from emorec.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from emorec.draw import annotate, save_annotated
 from emorec.files import check_targets
 from emorec.output import format_results, results_to_json, write_csv

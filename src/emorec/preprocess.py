@@ -28,7 +28,7 @@ def to_bgr8(image: np.ndarray, rgb: bool = False) -> np.ndarray:
         raise ValueError(f"expected an image array (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
     if array.size == 0:
         raise ValueError(f"empty image array of shape {array.shape}")
-    array = _to_uint8(array)
+    array = to_uint8(array)
     if array.ndim == 2 or array.shape[2] == 1:
         return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2BGR)
     if array.shape[2] == 4:
@@ -36,16 +36,23 @@ def to_bgr8(image: np.ndarray, rgb: bool = False) -> np.ndarray:
     return cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if rgb else np.ascontiguousarray(array)
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """The array itself if it is uint8, else an 8-bit copy: uint16 scaled by 1/257, floats as in `to_bgr8`."""
+    # Large images pass through here (a 16-bit 8000x8000 RGB is 366 MiB), so no float64
+    # copies: OpenCV scales 16-bit samples row by row into the 8-bit result, and floats
+    # are worked on in one float32 copy, in place.
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.uint16:
-        return (array / 257).round().astype(np.uint8)
+        return cv2.convertScaleAbs(np.ascontiguousarray(array), alpha=1 / 257)
     values = array.astype(np.float32)
-    finite = values[np.isfinite(values)]
-    if finite.size and finite.min() >= 0 and finite.max() <= 1.0:  # floats in [0, 1] (skimage, matplotlib)
-        values = values * 255
-    return np.clip(np.nan_to_num(values).round(), 0, 255).astype(np.uint8)
+    finite = np.isfinite(values)
+    if finite.any() and values.min(where=finite, initial=0) >= 0 and values.max(where=finite, initial=0) <= 1.0:
+        values *= 255  # floats in [0, 1] (skimage, matplotlib)
+    del finite
+    np.copyto(values, 0, where=np.isnan(values))
+    np.clip(values, 0, 255, out=values)  # infinities become 0 or 255
+    return np.rint(values, out=values).astype(np.uint8)
 
 
 def to_model_input(bgr: np.ndarray, size: int, channels: int) -> np.ndarray:

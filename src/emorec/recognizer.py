@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from emorec.config import PredictConfig
-from emorec.data import read_image
-from emorec.faces import Face, create_detector, crop_face
+from emorec.faces import Face, create_detector, crop_face, is_face_crop
+from emorec.images import read_image
 from emorec.preprocess import to_bgr8, to_model_input
 from emorec.results import FaceResult
 from emorec.runtime import Runtime, load_runtime, probabilities
@@ -28,7 +28,7 @@ from emorec.runtime import Runtime, load_runtime, probabilities
 
 @dataclass(frozen=True)
 class WholeImage:
-    """The region "the whole image is one face": detection is off, or a small crop held no detectable face."""
+    """The region "the whole image is one face": detection is off, or the image is a face crop (`is_face_crop`)."""
 
 
 WHOLE_IMAGE = WholeImage()
@@ -54,13 +54,12 @@ class Recognizer:
     runtime: an already loaded model (see emorec.runtime.load_runtime), instead of model.
 
     The whole image is classified as one face when detect is False, and
-    also, automatically, when the detector finds no face in a small image
-    (both sides at most twice the model input, e.g. <= 96 px for a 48 px
-    model): such images are almost always face crops. Larger images with no
-    face give no result. YuNet does find the face in most FER2013-style
-    crops (895 of 956 val images); the re-crop then frames it like the
-    original (on 350 val images: 67.1% accuracy re-cropped, 66.0% whole), so
-    detect=False is only needed for crops the detector misses.
+    also when it is a face crop by `faces.is_face_crop` (short side under
+    64 px, like FER2013's 48x48 crops; `check --duplicates` follows the same
+    rule): a small image is never searched for a face, so on crops predict
+    gives what `evaluate`, which classifies every labelled image whole,
+    gives. Larger images are searched, and give no result when no face is
+    found.
     """
 
     def __init__(self, model: str | Path | None = None, detector: str = "auto", detect: bool = True,
@@ -108,12 +107,9 @@ class Recognizer:
 
     def locate(self, image_bgr: np.ndarray) -> list[Region]:
         """The face regions of a BGR image: detected faces, or [WHOLE_IMAGE] (see the class docstring)."""
-        if self.detector is None:
+        if self.detector is None or is_face_crop(image_bgr):
             return [WHOLE_IMAGE]
-        faces = self.detector.detect(image_bgr)
-        if not faces and max(image_bgr.shape[:2]) <= 2 * self.info.image_size:
-            return [WHOLE_IMAGE]
-        return list(faces)
+        return list(self.detector.detect(image_bgr))
 
     def crop(self, image_bgr: np.ndarray, region: Region) -> np.ndarray:
         """The model input (size, size, channels) for one region of a BGR image."""

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from emorec import __version__
 from emorec.config import ServeConfig, tta_mode
-from emorec.data import ImageReadError, read_image
+from emorec.images import ImageReadError, read_image
 from emorec.recognizer import Prepared, Recognizer
 from emorec.results import ImageResult
 

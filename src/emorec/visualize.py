@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emorec.data import DatasetError, ScanReport, read_image
+from emorec.data import DatasetError, ScanReport
+from emorec.images import read_image
 from emorec.files import save_figure
 
 THUMBNAIL = 256  # largest side drawn per sample: a grid cell is about 150 pixels wide
