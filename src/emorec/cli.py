@@ -472,9 +472,10 @@ def _add_tta_flag(cmd) -> None:
 def _evaluate(args) -> int:
     from emorec.evaluate import evaluate
     from emorec.files import check_output_path, new_run_dir, to_json
-    from emorec.runtime import model_path, read_info
+    from emorec.catalog import onnx_path
+    from emorec.runtime import read_info
 
-    path = model_path(args.model)
+    path = onnx_path(args.model)
     read_info(path)  # a missing or foreign file fails before the report folder is made
     check_output_path(args.out or Path("runs") / "evaluate", [args.data, path], folder=True)
     made = None if args.out else new_run_dir(Path("runs") / "evaluate", path.stem)
@@ -562,7 +563,7 @@ def _add_predict(commands) -> None:
 
 def _predict(args) -> int:
     from emorec import output, predict
-    from emorec.runtime import MODEL_SUFFIXES
+    from emorec.catalog import MODEL_SUFFIXES
 
     sources = list(args.sources) + ([args.source] if args.source is not None else [])
     if args.model is None and sources and sources[0].endswith(MODEL_SUFFIXES):
@@ -575,10 +576,11 @@ def _predict(args) -> int:
                         engine=args.engine, address=args.address, cpus=args.cpus, actors=args.actors)
     if cfg.engine == "ray":
         from emorec.distributed import run_predict_ray
-        from emorec.runtime import model_path, read_info
+        from emorec.catalog import onnx_path
+        from emorec.runtime import read_info
 
         results = run_predict_ray(cfg, progress=not args.json, parquet=args.parquet)
-        class_names = read_info(model_path(cfg.model)).class_names
+        class_names = read_info(onnx_path(cfg.model)).class_names
     else:
         recognizer = predict.Recognizer.from_config(cfg)
         results = predict.run_predict(cfg, progress=not args.json, recognizer=recognizer)
@@ -632,7 +634,7 @@ def _add_explain(commands) -> None:
 def _explain(args) -> int:
     from emorec import explain
     from emorec.extras import require
-    from emorec.runtime import names_a_model
+    from emorec.catalog import names_a_model
 
     require("keras", explain.PURPOSE)  # before any check of the inputs: a base install gets the install hint first
 

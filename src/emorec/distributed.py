@@ -37,12 +37,13 @@ from typing import Any, Iterable, Iterator
 import cv2
 import numpy as np
 
+from emorec.catalog import onnx_path
 from emorec.config import PredictConfig
 from emorec.files import atomic_path, check_targets
 from emorec.predict import PHOTOS_PER_CALL, error_line, expand_sources, plan_sources, read_photo, video_outputs
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, ImageResult, VideoSummary
-from emorec.runtime import load_runtime, model_path, read_info
+from emorec.runtime import load_runtime, read_info
 from emorec.video import FrameCsv, capture_fps, count_faces, is_video, open_capture, read_frames, smooth_faces
 
 FRAMES_PER_TASK = 300  # frames one decoding task reads from a video (10 s at 30 fps)
@@ -217,7 +218,7 @@ def predict_dataset(dataset, model: str | None = None, detector: str = "auto", d
     """
     import ray.data
 
-    read_info(model_path(model))  # a missing or foreign model fails here, not in every worker
+    read_info(onnx_path(model))  # a missing or foreign model fails here, not in every worker
     options = Options(str(model) if model is not None else None, detector, detect, tta, stride, frames_per_task)
     pool = ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]) if isinstance(actors, tuple) \
         else ray.data.ActorPoolStrategy(size=actors)
@@ -344,7 +345,7 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
         raise ValueError(f"{webcams[0]}: a webcam runs on the local engine only (leave out --engine ray)")
     photos = [str(path) for path, _ in expand_sources(images) if not is_video(path)]
     video_jobs = _video_jobs(videos, cfg)
-    class_names = read_info(model_path(cfg.model)).class_names
+    class_names = read_info(onnx_path(cfg.model)).class_names
     paths = photos + [job.source for job in video_jobs if isinstance(job, _VideoJob)]
     if not paths:
         return errors + video_jobs

@@ -180,10 +180,10 @@ def _vote_cross_entropy(distribution: np.ndarray, where: np.ndarray, probs: np.n
     return float(-(votes * np.log(np.clip(probs[rows], 1e-7, 1.0))).sum(axis=1).mean())
 
 
-def evaluate(model_path: str | Path | None, source: str | Path, out_dir: str | Path | None = None, tta: bool | str = False,
+def evaluate(model: str | Path | None, source: str | Path, out_dir: str | Path | None = None, tta: bool | str = False,
              progress: bool = True, overwrite: bool = False, labels: LabelSpec | None = None) -> EvalReport:
     """Load a saved model (.onnx or .keras; None: the bundled one), evaluate it on source and, if out_dir is set, write the report and plots there."""
-    report = evaluate_model(load_runtime(model_path), source, tta=tta, progress=progress, labels=labels)
+    report = evaluate_model(load_runtime(model), source, tta=tta, progress=progress, labels=labels)
     if out_dir is not None:
         write_report(report, out_dir, overwrite=overwrite)
     return report

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from emorec.catalog import onnx_path
 from emorec.config import ExplainConfig
 from emorec.data import read_image
 from emorec.extras import require
@@ -36,7 +37,6 @@ from emorec.files import check_output_path, check_targets, save_figure
 from emorec.predict import error_line, expand_sources
 from emorec.recognizer import Prepared, Recognizer, to_bgr
 from emorec.results import FaceResult
-from emorec.runtime import model_path
 from emorec.video import is_video
 
 EXPLAINED = 2  # heat maps per face: the top class and the runner-up
@@ -74,7 +74,7 @@ class ExplainResult:
 
 def keras_model_file(model: str | Path | None) -> Path:
     """The `.keras` file of a model argument: an `.onnx` model is explained through its `.keras` sibling."""
-    path = model_path(model)
+    path = onnx_path(model)
     if path.suffix != ".onnx":
         return path
     sibling = path.with_suffix(".keras")

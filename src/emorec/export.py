@@ -45,9 +45,10 @@ def export_onnx(model: str | Path | None, out: str | Path | None = None, overwri
     ModelError (writing nothing) when the exported file's probabilities
     differ from Keras' by more than tolerance.
     """
-    from emorec.model import load_model, model_path
+    from emorec.catalog import keras_path
+    from emorec.model import load_model
 
-    source = model_path(model)
+    source = keras_path(model)
     out = Path(out) if out is not None else source.with_suffix(".onnx")
     if out.suffix != ".onnx":
         raise ValueError(f"{out}: ONNX files must end in .onnx")
