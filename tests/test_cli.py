@@ -12,6 +12,7 @@ import pytest
 from conftest import BUNDLED, DEFAULT_CLASSES, FER, PHOTOS, face_like, require, write_image
 
 from emorec.cli import build_parser, main
+from emorec.errors import UsageError
 from emorec.model import read_info
 from emorec.evaluate import evaluate
 
@@ -177,6 +178,24 @@ def test_check_missing_folder_is_a_one_line_error(tmp_path, capsys):
     assert len(lines) == 1
     assert lines[0].startswith("emorec check: error:") and str(missing) in lines[0]
     assert "Traceback" not in captured.err
+
+
+def test_a_bug_keeps_its_traceback_while_expected_failures_are_one_line(monkeypatch, tmp_path, capsys):
+    from emorec import cli
+
+    def buggy(args):
+        raise ValueError("an index went wrong")
+
+    monkeypatch.setattr(cli, "_check", buggy)
+    with pytest.raises(ValueError, match="an index went wrong"):
+        main(["check", str(tmp_path)])
+
+    def refusing(args):
+        raise UsageError("--this goes with --that")
+
+    monkeypatch.setattr(cli, "_check", refusing)
+    assert main(["check", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == "emorec check: error: --this goes with --that\n"
 
 
 # ----------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from typing import Sequence
 from emorec import __version__
 from emorec.config import (CHOICES, ENGINES, RECIPES, TTA_MODES, ConfigError, ExplainConfig, PredictConfig, ServeConfig,
                            TrainConfig)
-from emorec.extras import MissingExtra, missing_message
+from emorec.errors import EmorecError, UsageError
+from emorec.extras import missing_message
+from emorec.files import OutputPathError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,13 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"argument --{error.key.replace('_', '-')}: {error.problem}" if error.key else str(error)
         say(f"emorec {args.command}: error: {where}", err=True)
         return 2
-    except (ValueError, FileNotFoundError, FileExistsError, MissingExtra) as error:
+    except EmorecError as error:  # an expected failure (bad input, option or file); anything else is a bug: traceback
         say(f"emorec {args.command}: error: {error}", err=True)
         return 1
     except ModuleNotFoundError as error:  # an optional dependency of this command is not installed
         say(f"emorec {args.command}: error: {missing_message(error.name or 'a module', 'this command')}", err=True)
         return 1
-    except OSError as error:  # permissions, full disks, read-only folders: one line, no traceback
+    except OSError as error:  # missing files, permissions, full disks, read-only folders, outputs that exist: one line
         where = f"{error.filename}: " if error.filename else ""
         say(f"emorec {args.command}: error: {where}{error.strerror or error}", err=True)
         return 1
@@ -319,7 +321,7 @@ def _pack(args) -> int:
     from emorec.files import check_output_path
 
     if not data.is_pack(args.out):
-        raise ValueError(f"{args.out}: pack files end in .npz or .npz.xz")
+        raise OutputPathError(f"{args.out}: pack files end in .npz or .npz.xz")
     check_output_path(args.out, [args.train] + ([args.val] if args.val else []))
     if Path(args.out).exists():
         raise FileExistsError(f"{args.out}: already exists")
@@ -513,7 +515,7 @@ def _export(args) -> int:
     from emorec.export import export_onnx, quantize_int8
 
     if args.calibration and not args.int8:
-        raise ValueError("--calibration goes with --int8 VAL")
+        raise UsageError("--calibration goes with --int8 VAL")
     result = export_onnx(args.model, args.out, overwrite=args.exist_ok)
     say(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB); on {result.check_images} check images "
           f"the largest probability difference from Keras is {result.max_difference:.1e}")
@@ -569,7 +571,7 @@ def _predict(args) -> int:
     if args.model is None and sources and sources[0].endswith(MODEL_SUFFIXES):
         args.model = sources.pop(0)  # `emorec predict MODEL IMAGE...` works too
     if not sources:
-        raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
+        raise UsageError("give at least one image, folder or video (or --source 0 for a webcam)")
     _check_predict_outputs(args, sources)
     cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
                         save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok,
@@ -605,7 +607,7 @@ def _check_predict_outputs(args, sources: list[str]) -> None:
         check_output_path(args.save_annotated, sources, folder=True)
     ray_only = [flag for flag in ("address", "cpus", "actors", "parquet") if getattr(args, flag)]
     if ray_only and args.engine != "ray":
-        raise ValueError(f"--{ray_only[0]} goes with --engine ray")
+        raise UsageError(f"--{ray_only[0]} goes with --engine ray")
     if args.parquet:
         from emorec.distributed import PARQUET_NAME
 
@@ -641,7 +643,7 @@ def _explain(args) -> int:
     sources = list(args.sources)
     model = sources.pop(0) if names_a_model(sources[0]) else None
     if not sources:
-        raise ValueError("give at least one photo or folder after the model")
+        raise UsageError("give at least one photo or folder after the model")
     cfg = ExplainConfig(sources=sources, out=args.out, model=model, detector=args.detector, detect=args.detect,
                         exist_ok=args.exist_ok)
     results = explain.run_explain(cfg)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from emorec.catalog import BUNDLED_NAMES, DEFAULT_MODEL
+from emorec.errors import EmorecError
 
 ARCHITECTURES = ("seed", "vgg", "resnet")
 COLOR_MODES = ("grayscale", "rgb")
@@ -26,7 +27,7 @@ TTA_MODES = ("none", "flip", "multi")  # test-time augmentation: see emorec.mode
 ENGINES = ("local", "ray")  # where `emorec predict` runs: see emorec.distributed
 
 
-class ConfigError(ValueError):
+class ConfigError(EmorecError, ValueError):
     """A configuration value is unknown or out of range; `key` names the field when there is one."""
 
     def __init__(self, message: str, key: str | None = None, problem: str | None = None):

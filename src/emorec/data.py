@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+import zipfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from emorec.errors import EmorecError
 from emorec.files import InputFileError, atomic_open, check_output_path, read_limited, stat_regular
 from emorec.preprocess import to_bgr8, to_model_input
 
@@ -43,7 +45,7 @@ _REDUCED_JPEG = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMRE
 VIEW_PREFIX = "emorec-clean-"  # folder names of clean_view's temporary trees
 
 
-class ImageReadError(ValueError):
+class ImageReadError(EmorecError, ValueError):
     """An image file could not be read; the message names the file and the reason.
 
     corrupt is True only when the file is an image file whose content fails
@@ -55,7 +57,7 @@ class ImageReadError(ValueError):
         self.corrupt = corrupt
 
 
-class DatasetError(ValueError):
+class DatasetError(EmorecError, ValueError):
     """A dataset folder is missing, empty or not laid out as class folders."""
 
 
@@ -586,9 +588,12 @@ def load_pack(path: str | Path) -> dict[str, ArrayData]:
         stat_regular(path)
     except InputFileError as error:
         raise DatasetError(str(error).replace("no such file", "no such pack file")) from None
-    with (lzma.open(path, "rb") if path.suffix == ".xz" else open(path, "rb")) as handle:
-        stored = dict(np.load(handle, allow_pickle=False))
-    names = [str(n) for n in stored.pop("class_names")]
+    try:
+        with (lzma.open(path, "rb") if path.suffix == ".xz" else open(path, "rb")) as handle:
+            stored = dict(np.load(handle, allow_pickle=False))
+        names = [str(n) for n in stored.pop("class_names")]
+    except (ValueError, EOFError, KeyError, lzma.LZMAError, zipfile.BadZipFile) as error:
+        raise DatasetError(f"{path}: not a pack written by emorec pack ({error})") from None
     splits = sorted({key.rsplit("_", 1)[0] for key in stored})
     return {s: ArrayData(stored[f"{s}_images"], stored[f"{s}_labels"], names) for s in splits}
 

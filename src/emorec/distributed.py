@@ -39,6 +39,7 @@ import numpy as np
 
 from emorec.catalog import onnx_path
 from emorec.config import PredictConfig
+from emorec.errors import EmorecError, UsageError
 from emorec.files import atomic_path, check_targets
 from emorec.predict import PHOTOS_PER_CALL, error_line, expand_sources, plan_sources, read_photo, video_outputs
 from emorec.recognizer import Recognizer
@@ -52,7 +53,7 @@ ACTOR_CPUS = 0.5  # what an actor reserves: it waits for decoded faces most of t
 PARQUET_NAME = "results.parquet"
 
 
-class EngineError(ValueError):
+class EngineError(EmorecError, ValueError):
     """Ray could not start, connect or finish the job; the message is one line."""
 
 
@@ -296,7 +297,7 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"{address!r} is not HOST:PORT or ray://HOST:PORT")
+        raise EngineError(f"{address!r} is not HOST:PORT or ray://HOST:PORT")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as error:
@@ -338,11 +339,11 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
     Videos are cut into ranges of frames_per_task frames, decoded in parallel.
     """
     if cfg.save_annotated:
-        raise ValueError("--save-annotated runs on the local engine only (leave out --engine ray)")
+        raise UsageError("--save-annotated runs on the local engine only (leave out --engine ray)")
     errors, images, videos = plan_sources(cfg.sources)
     webcams = [source for source, name in videos if not is_video(source)]
     if webcams:
-        raise ValueError(f"{webcams[0]}: a webcam runs on the local engine only (leave out --engine ray)")
+        raise UsageError(f"{webcams[0]}: a webcam runs on the local engine only (leave out --engine ray)")
     photos = [str(path) for path, _ in expand_sources(images) if not is_video(path)]
     video_jobs = _video_jobs(videos, cfg)
     class_names = read_info(onnx_path(cfg.model)).class_names
@@ -359,7 +360,7 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows are matched to inputs
         actors = cfg.actors or default_actors(cpus)
         if actors * ACTOR_CPUS + 1 > cpus:  # else no CPU is left for decoding, and the job waits forever
-            raise ValueError(f"--actors {actors} leaves no CPU for decoding on a Ray with {cpus} CPUs; "
+            raise UsageError(f"--actors {actors} leaves no CPU for decoding on a Ray with {cpus} CPUs; "
                              f"use at most {int((cpus - 1) / ACTOR_CPUS)} actors")
         dataset = ray.data.from_items([{"path": path} for path in paths])
         rows = predict_dataset(dataset, cfg.model, cfg.detector, cfg.detect, cfg.tta, cfg.stride, actors=actors,

@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 
 from emorec.data import InvalidFile, ScanReport, scan_dataset
+from emorec.errors import UsageError
 from emorec.preprocess import to_model_input
 
 THUMB_SIDE = 32  # images are compared as 32x32 grey thumbnails
@@ -235,7 +236,7 @@ def _check_distinct(folders: list[Path]) -> None:
     for i, a in enumerate(resolved):
         for j, b in enumerate(resolved):
             if i != j and a.is_relative_to(b):
-                raise ValueError(f"{folders[i]}: {'is the same folder as' if a == b else 'lies inside'} {folders[j]}; "
+                raise UsageError(f"{folders[i]}: {'is the same folder as' if a == b else 'lies inside'} {folders[j]}; "
                                  "give each folder once")
 
 

@@ -22,7 +22,7 @@ from keras import layers
 
 from emorec.catalog import keras_path
 from emorec.files import atomic_path
-from emorec.runtime import (METADATA_KEY, KerasModel, ModelInfo, probabilities,  # noqa: F401
+from emorec.runtime import (METADATA_KEY, KerasModel, ModelError, ModelInfo, probabilities,  # noqa: F401
                             read_info, tta_views)
 
 
@@ -245,7 +245,7 @@ def load_weights_from(model: keras.Model, path: str | Path, class_names: list[st
     info = read_info(path)
     arch, shape = model.name.removeprefix("emorec_"), tuple(model.input_shape[1:])
     if (info.arch, info.input_shape) != (arch, shape):
-        raise ValueError(f"{path}: a {info.arch} model for {info.input_shape} inputs cannot start a {arch} model "
+        raise ModelError(f"{path}: a {info.arch} model for {info.input_shape} inputs cannot start a {arch} model "
                          f"for {shape} inputs (match --arch, --image-size and --color-mode)")
     saved = load_model(path)[0]
     _copy_weights(saved, model, skip=("emotion",))

@@ -30,13 +30,14 @@ import numpy as np
 
 from emorec.catalog import MODEL_SUFFIXES, onnx_path
 from emorec.config import tta_mode
+from emorec.errors import EmorecError
 from emorec.files import InputFileError, stat_regular
 
 METADATA_KEY = "emorec.json"  # the .keras zip member and the ONNX metadata property
 BATCH = 256  # images per forward call on long lists (bounded memory)
 
 
-class ModelError(ValueError):
+class ModelError(EmorecError, ValueError):
     """A model file is broken or foreign ("PATH: not a usable emorec model (reason)"), or gives unusable outputs."""
 
 

@@ -39,6 +39,7 @@ import keras
 from emorec import data as data_lib
 from emorec.catalog import keras_path
 from emorec.config import ConfigError, TrainConfig, read_config_file
+from emorec.errors import EmorecError, UsageError
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
 from emorec.files import atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
 from emorec.labels import LabelledImages, LabelSpec, label_report, read_label_file
@@ -48,7 +49,7 @@ from emorec.model import (ModelInfo, build_model, inference_copy, load_model, lo
 RESUME_DIR = "resume"
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(EmorecError, ValueError):
     """The loss became NaN or infinite; the run folder keeps the last good epoch."""
 
 
@@ -541,7 +542,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
     if not (run_dir / RESUME_DIR).is_dir() and (run_dir / "eval.json").is_file():
-        raise ValueError(f"{run_dir}: the run is complete; nothing to resume")
+        raise UsageError(f"{run_dir}: the run is complete; nothing to resume")
     values = read_config_file(run_dir / "config.json")
     cfg = train_config(values.pop("recipe", ""), **values)
     data_parallel(cfg)
