@@ -493,7 +493,7 @@ def _evaluate(args) -> int:
     made = None if args.out else new_run_dir(Path("runs") / "evaluate", path.stem)
     out = args.out or made
     try:
-        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok, labels=_label_spec(args))
+        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok, label_spec=_label_spec(args))
     except BaseException:
         if made is not None:  # a failed evaluation leaves no empty report folder
             shutil.rmtree(made, ignore_errors=True)
