@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from emorec.errors import EmorecError
 from emorec.faces import DETECTORS, Face, create_detector, crop_face
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -84,8 +85,9 @@ def test_auto_prefers_yunet_when_available():
 
 
 def test_unknown_detector_names_the_choices():
-    with pytest.raises(ValueError, match="haar"):
+    with pytest.raises(EmorecError, match="unknown face detector 'nope'; choose one of: auto, haar") as error:
         create_detector("nope")
+    assert isinstance(error.value, ValueError)  # what API callers catch
 
 
 @pytest.mark.parametrize("grayscale, channels", [(True, 1), (False, 3)])
