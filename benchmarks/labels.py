@@ -42,7 +42,7 @@ def model_figures(model: str) -> dict:
     val = DATA / "fer2013" / "val"
     original = evaluate_model(runtime, val, progress=False)
     spec = LabelSpec.parse(str(DATA / "ferplus" / "val.csv"), **FERPLUS_COLUMNS)
-    ferplus = evaluate_model(runtime, val, labels=spec, progress=False)
+    ferplus = evaluate_model(runtime, val, label_spec=spec, progress=False)
     return {
         "model": model,
         "classes": runtime.info.class_names,

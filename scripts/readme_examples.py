@@ -1,6 +1,6 @@
-"""Regenerate (or check) the example outputs in README.md by running the commands shown in them.
+"""Regenerate (or check) the example outputs in README.md and docs/ by running the commands shown in them.
 
-Every example output block in README.md is a ```text fence whose first line is `$ COMMAND`,
+Every example output block in README.md and in the pages under docs/ is a ```text fence whose first line is `$ COMMAND`,
 preceded by a marker naming the same command:
 
     <!-- example: emorec check ../shared/data/fer2013/val -->
@@ -25,9 +25,10 @@ example cannot be added without being checked.
 
 Usage (from the repository root):
 
-    python scripts/readme_examples.py            # rewrite README.md's example blocks in place
+    python scripts/readme_examples.py            # rewrite the example blocks of README.md and docs/ in place
     python scripts/readme_examples.py --check    # exit 1 and show a diff when a block is stale
     python scripts/readme_examples.py --only evaluate   # just the commands containing "evaluate"
+    python scripts/readme_examples.py --readme docs/commands/check.md   # just that page (repeatable)
 
 `--check` masks timings (`37s`, `83ms/step`, `12.5 s`) on both sides before comparing, so
 blocks only go stale when what the code prints changes. tests/test_readme.py runs `--check`.
@@ -66,11 +67,16 @@ class Example:
 
 
 class ReadmeError(ValueError):
-    """README.md has a block this script cannot handle; the message names the line."""
+    """A page has a block this script cannot handle; the message names the file and line."""
 
 
-def find_examples(lines: list[str]) -> list[Example]:
-    """The marked example blocks of a README given as lines (with line ends)."""
+def pages() -> list[Path]:
+    """The pages whose examples are checked by default: README.md, then every page under docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def find_examples(lines: list[str], name: str = "README.md") -> list[Example]:
+    """The marked example blocks of a page (README.md or a docs page, called name) given as lines (with line ends)."""
     examples, pending = [], None
     for index, line in enumerate(lines):
         text = line.strip()
@@ -83,10 +89,10 @@ def find_examples(lines: list[str]) -> list[Example]:
             first = lines[index + 1] if index + 1 < end else ""
             if pending:
                 if first.strip() != f"$ {pending}":
-                    raise ReadmeError(f"README.md:{index + 2}: expected '$ {pending}' as the block's first line")
+                    raise ReadmeError(f"{name}:{index + 2}: expected '$ {pending}' as the block's first line")
                 examples.append(Example(pending, index + 1, end))
             elif pending is None and first.startswith("$ "):
-                raise ReadmeError(f"README.md:{index + 2}: '{first.strip()}' has no <!-- example: ... --> marker "
+                raise ReadmeError(f"{name}:{index + 2}: '{first.strip()}' has no <!-- example: ... --> marker "
                                   "(or <!-- example-skip: reason -->)")
         if text:
             pending = None
@@ -125,18 +131,30 @@ def mask(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite or check README.md's example blocks; returns the exit status."""
+    """Rewrite or check the example blocks of README.md and docs/ (or of --readme FILE...); returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block is stale")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, action="append", help="a page to check instead of README.md and docs/ "
+                        "(repeatable)")
     parser.add_argument("--only", default="", help="only the commands that contain this text")
     args = parser.parse_args(argv)
-    lines = args.readme.read_text(encoding="utf-8").splitlines(keepends=True)
-    try:
-        examples = [e for e in find_examples(lines) if args.only in e.command]
-    except ReadmeError as error:
-        print(error, file=sys.stderr)
-        return 1
+    found = stale = 0
+    for page in args.readme or pages():
+        try:
+            counts = _refresh(page, args.only, args.check)
+        except ReadmeError as error:
+            print(error, file=sys.stderr)
+            return 1
+        found, stale = found + counts[0], stale + counts[1]
+    print(f"{found} example(s), {stale} {'stale' if args.check else 'rewritten'}", file=sys.stderr if args.check else sys.stdout)
+    return 1 if args.check and stale else 0
+
+
+def _refresh(page: Path, only: str, check: bool) -> tuple[int, int]:
+    """Check or rewrite one page's example blocks; returns (examples, stale ones)."""
+    name = str(page.relative_to(ROOT)) if page.is_relative_to(ROOT) else page.name
+    lines = page.read_text(encoding="utf-8").splitlines(keepends=True)
+    examples = [e for e in find_examples(lines, name) if only in e.command]
     stale = 0
     for example in reversed(examples):  # from the end, so earlier line numbers stay valid while rewriting
         fresh = run_example(example.command)
@@ -144,18 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         if mask(fresh) == mask(old):
             continue
         stale += 1
-        if args.check:
-            diff = difflib.unified_diff(old.splitlines(), fresh.splitlines(), "README.md", "now", lineterm="")
+        if check:
+            diff = difflib.unified_diff(old.splitlines(), fresh.splitlines(), name, "now", lineterm="")
             print("\n".join(diff), file=sys.stderr)
         else:
             lines[example.start:example.end] = fresh.splitlines(keepends=True)
-    if args.check:
-        print(f"{len(examples)} example(s), {stale} stale", file=sys.stderr)
-        return 1 if stale else 0
-    if stale:
-        args.readme.write_text("".join(lines), encoding="utf-8")
-    print(f"{len(examples)} example(s), {stale} rewritten")
-    return 0
+    if stale and not check:
+        page.write_text("".join(lines), encoding="utf-8")
+    return len(examples), stale
 
 
 if __name__ == "__main__":

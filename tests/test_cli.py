@@ -12,6 +12,7 @@ import pytest
 from conftest import BUNDLED, DEFAULT_CLASSES, FER, PHOTOS, face_like, require, write_image, write_video
 
 from emorec.cli import build_parser, main
+from emorec.errors import UsageError
 from emorec.model import read_info
 from emorec.evaluate import evaluate
 
@@ -177,6 +178,44 @@ def test_check_missing_folder_is_a_one_line_error(tmp_path, capsys):
     assert len(lines) == 1
     assert lines[0].startswith("emorec check: error:") and str(missing) in lines[0]
     assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("command, config_class, positional", [
+    ("predict", "PredictConfig", {"sources"}), ("explain", "ExplainConfig", {"sources", "model"})])
+def test_predict_and_explain_have_a_flag_for_every_config_field(command, config_class, positional):
+    import dataclasses
+
+    from emorec import config
+
+    subparser = build_parser()._subparsers._group_actions[0].choices[command]
+    flags = {option for action in subparser._actions for option in action.option_strings}
+    for item in dataclasses.fields(getattr(config, config_class)):
+        if item.name not in positional:
+            assert "--" + item.name.replace("_", "-") in flags, item.name
+
+
+def test_predict_flags_left_out_take_the_config_defaults(tmp_path, capsys):
+    image = write_image(tmp_path / "in" / "face.png", face_like(1))
+    assert main(["predict", str(image), "--no-detect", "--json", "--stride", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["faces"][0]["emotion"] in DEFAULT_CLASSES
+
+
+def test_a_bug_keeps_its_traceback_while_expected_failures_are_one_line(monkeypatch, tmp_path, capsys):
+    from emorec import cli
+
+    def buggy(args):
+        raise ValueError("an index went wrong")
+
+    monkeypatch.setattr(cli, "_check", buggy)
+    with pytest.raises(ValueError, match="an index went wrong"):
+        main(["check", str(tmp_path)])
+
+    def refusing(args):
+        raise UsageError("--this goes with --that")
+
+    monkeypatch.setattr(cli, "_check", refusing)
+    assert main(["check", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == "emorec check: error: --this goes with --that\n"
 
 
 # ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import fields
 import pytest
 
 from emorec.config import RECIPES, ConfigError, PredictConfig, TrainConfig, read_config_file, train_config
-from emorec.runtime import DEFAULT_MODEL
+from emorec.catalog import DEFAULT_MODEL
 
 
 def test_defaults_without_recipe():

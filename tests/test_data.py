@@ -265,6 +265,19 @@ def test_load_pack_missing(tmp_path):
         load_pack(tmp_path / "missing.npz")
 
 
+@pytest.mark.parametrize("name, content", [("garbage.npz", b"not a zip"), ("garbage.npz.xz", b"not xz"), ("empty.npz", b"")])
+def test_a_file_that_is_not_a_pack_is_one_dataset_error(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DatasetError, match=f"{name}: not a pack"):
+        load_pack(tmp_path / name)
+
+
+def test_a_pack_without_class_names_is_one_dataset_error(tmp_path):
+    np.savez(tmp_path / "foreign.npz", images=np.zeros((2, 8, 8, 1), np.uint8))
+    with pytest.raises(DatasetError, match="foreign.npz: not a pack"):
+        load_pack(tmp_path / "foreign.npz")
+
+
 def test_is_pack():
     assert is_pack("a.npz") and is_pack("dir/a.npz.xz")
     assert not is_pack("a/") and not is_pack("a.xz") and not is_pack("a.zip")

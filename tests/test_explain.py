@@ -110,7 +110,7 @@ def test_gradients_on_the_jax_backend_match_tensorflow(crops_explainer, tmp_path
 
 def test_an_unsupported_backend_or_model_is_one_clear_error(tmp_path):
     from emorec.explain import _gradient, keras_model_file
-    from emorec.runtime import BUNDLED_ONNX
+    from emorec.catalog import BUNDLED_ONNX
 
     with pytest.raises(ValueError, match="tensorflow or jax Keras backend, not 'torch'"):
         _gradient("torch")
@@ -202,7 +202,7 @@ def test_explain_out_that_is_a_link_loop_is_one_line(photo_tree, tmp_path, capsy
     (["bundled"], "give at least one photo or folder"),
 ])
 def test_explain_usage_problems_are_one_line_before_any_work(argv, message, photo_tree, tmp_path, capsys):
-    from emorec.runtime import BUNDLED_ONNX
+    from emorec.catalog import BUNDLED_ONNX
 
     names = {"{onnx}": str(shutil.copy(BUNDLED_ONNX, tmp_path / "lone.onnx")), "{photo}": str(photo_tree)}
     out = str(photo_tree / "out") if "--out-inside" in argv else str(tmp_path / "explained")

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from emorec.errors import EmorecError
 from emorec.faces import DETECTORS, FACE_CROP_SIDE, Face, create_detector, crop_face, is_face_crop
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -84,8 +85,9 @@ def test_auto_prefers_yunet_when_available():
 
 
 def test_unknown_detector_names_the_choices():
-    with pytest.raises(ValueError, match="haar"):
+    with pytest.raises(EmorecError, match="unknown face detector 'nope'; choose one of: auto, haar") as error:
         create_detector("nope")
+    assert isinstance(error.value, ValueError)  # what API callers catch
 
 
 def test_a_face_crop_is_an_image_whose_short_side_is_under_64_px():

@@ -206,7 +206,7 @@ def test_soft_target_training_on_ferplus_votes(tmp_path):
     info = read_info(result.best_model)
     assert info.class_names == ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
     spec = LabelSpec.parse(str(val_file), **FERPLUS_NAMES)
-    report = evaluate(result.best_model, val_root, labels=spec, progress=False)
+    report = evaluate(result.best_model, val_root, label_spec=spec, progress=False)
     assert report.labels == str(val_file) and report.vote_cross_entropy is not None
     # Fine-tuned from the FER2013 model for one epoch at a small rate: it keeps what that model knew.
     assert report.accuracy > 0.5
@@ -218,8 +218,8 @@ def test_evaluate_with_a_label_file_scores_the_file_not_the_folders(fer_tree, tm
     _, paths = images_of(root)
     as_folders = evaluate(None, root, progress=False)
     same = [["path", "label"]] + [[p.relative_to(root).as_posix(), p.parent.name] for p in paths]
-    by_file = evaluate(None, root, labels=LabelSpec(str(write_csv(tmp_path / "same.csv", same))), progress=False)
+    by_file = evaluate(None, root, label_spec=LabelSpec(str(write_csv(tmp_path / "same.csv", same))), progress=False)
     assert by_file.accuracy == pytest.approx(as_folders.accuracy) and by_file.vote_cross_entropy is None
     flipped = [["path", "label"]] + [[p.relative_to(root).as_posix(), "nonsense"] for p in paths]
-    wrong = evaluate(None, root, labels=LabelSpec(str(write_csv(tmp_path / "flip.csv", flipped))), progress=False)
+    wrong = evaluate(None, root, label_spec=LabelSpec(str(write_csv(tmp_path / "flip.csv", flipped))), progress=False)
     assert wrong.accuracy == 0 and wrong.class_names[-1] == "nonsense"  # a class the model lacks is always missed

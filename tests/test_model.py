@@ -15,6 +15,7 @@ from conftest import BUNDLED, DEFAULT_CLASSES
 
 import keras
 
+from emorec.catalog import keras_path
 from emorec.config import ARCHITECTURES
 from emorec.runtime import ModelError
 from emorec.model import (
@@ -26,7 +27,6 @@ from emorec.model import (
     inference_copy,
     load_model,
     load_weights_from,
-    model_path,
     predict_probabilities,
     read_info,
     save_model,
@@ -187,8 +187,8 @@ def test_load_weights_from_refuses_another_architecture_or_input(tmp_path, arch,
 
 
 def test_bundled_is_the_name_of_the_bundled_model():
-    assert model_path("bundled") == model_path(None) == BUNDLED
-    assert model_path("runs/x.keras").name == "x.keras"
+    assert keras_path("bundled") == keras_path(None) == BUNDLED
+    assert keras_path("runs/x.keras").name == "x.keras"
 
 
 def test_save_refuses_to_overwrite(tmp_path):

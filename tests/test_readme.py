@@ -1,7 +1,8 @@
-"""README.md's example outputs are what the code prints today (scripts/readme_examples.py)."""
+"""The example outputs in README.md and docs/ are what the code prints today (scripts/readme_examples.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,39 @@ def test_an_unmarked_command_block_is_refused(tmp_path):
     assert _check(readme).returncode == 0
 
 
-@pytest.mark.slow  # runs the README's commands: the bundled model on all 3,589 FER2013 val images
-def test_readme_examples_are_fresh():
+def _script():
+    spec = importlib.util.spec_from_file_location("readme_examples", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_docs_pages_are_checked_with_the_readme_and_every_command_block_is_marked():
+    script = _script()
+    pages = script.pages()
+    assert pages[0] == ROOT / "README.md" and ROOT / "docs" / "commands" / "check.md" in pages
+    commands = {page.relative_to(ROOT).as_posix(): [example.command for example in
+                                                    script.find_examples(page.read_text().splitlines(True), page.name)]
+                for page in pages}
+    assert any(command.startswith("emorec check") for command in commands["docs/commands/check.md"])
+    assert any(command.startswith("emorec predict") for command in commands["docs/commands/predict.md"])
+
+
+def test_a_stale_block_in_a_second_page_fails_the_check_and_names_the_page(tmp_path):
+    from emorec import __version__
+
+    fresh = tmp_path / "README.md"
+    fresh.write_text(f"<!-- example: emorec --version -->\n```text\n$ emorec --version\nemorec {__version__}\n```\n")
+    stale = tmp_path / "page.md"
+    stale.write_text("<!-- example: emorec --version -->\n```text\n$ emorec --version\nemorec 0.0.0-old\n```\n")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--check", "--readme", str(fresh), "--readme", str(stale)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "--- page.md" in done.stderr and "2 example(s), 1 stale" in done.stderr
+
+
+@pytest.mark.slow  # runs the commands of README.md and docs/: the bundled model on all 3,589 FER2013 val images
+def test_readme_and_docs_examples_are_fresh():
     require(DATA)
-    done = _check(ROOT / "README.md")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-5000:]

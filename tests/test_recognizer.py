@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from conftest import FER, PHOTO_NAMES, PHOTOS, assert_distribution, photo, require
 
+from emorec.catalog import BUNDLED_KERAS
 from emorec.images import ImageReadError, read_image
 from emorec.preprocess import to_model_input
 from emorec.recognizer import WHOLE_IMAGE, Recognizer, to_bgr
-from emorec.runtime import BUNDLED_KERAS, load_runtime
+from emorec.runtime import load_runtime
 
 
 def tinted(image: np.ndarray) -> np.ndarray:

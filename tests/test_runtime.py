@@ -16,8 +16,8 @@ from emorec.data import scan_dataset
 from emorec.images import read_image
 from emorec.model import ModelInfo, build_model, predict_probabilities, save_model
 from emorec.preprocess import to_model_input
-from emorec.runtime import (BUNDLED_KERAS, BUNDLED_ONNX, DEFAULT_MODEL, MODELS_DIR, KerasModel, ModelError, OnnxModel,
-                            keras_path, load_runtime, model_path, names_a_model,
+from emorec.catalog import BUNDLED_KERAS, BUNDLED_ONNX, MODELS_DIR, keras_path, onnx_path
+from emorec.runtime import (KerasModel, ModelError, OnnxModel, load_runtime,
                             probabilities, read_info, tta_views)
 
 FER_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
@@ -35,24 +35,17 @@ def test_bundled_onnx_model_describes_itself():
     onnx_model = OnnxModel(BUNDLED_ONNX)
     assert onnx_model.info == read_info(BUNDLED_KERAS)  # the same metadata as the .keras file it came from
     assert onnx_model.info.class_names == DEFAULT_CLASSES and onnx_model.info.input_shape == (48, 48, 1)
-    assert model_path(None) == model_path("bundled") == BUNDLED_ONNX
+    assert onnx_path(None) == onnx_path("bundled") == BUNDLED_ONNX
     assert isinstance(load_runtime(), OnnxModel)
 
 
 @pytest.mark.parametrize("name, classes", [("fer2013", 7), ("ferplus", 8), ("fer2013-int8", 7), ("ferplus-int8", 8)])
 def test_bundled_models_are_chosen_by_name(name, classes):
-    path = model_path(name)
+    path = onnx_path(name)
     assert path.parent == MODELS_DIR and path.name.startswith(f"emorec-{name.removesuffix('-int8')}.")
     assert len(load_runtime(name).info.class_names) == classes
     if not name.endswith("-int8"):
         assert keras_path(name) == path.with_suffix(".keras") and keras_path(name).is_file()
-
-
-def test_bundled_means_the_default_model_and_other_names_are_paths(tmp_path):
-    assert model_path("bundled") == model_path(DEFAULT_MODEL) and model_path("bundled-int8") == model_path(f"{DEFAULT_MODEL}-int8")
-    assert keras_path(None) == keras_path("bundled") == keras_path(DEFAULT_MODEL)
-    assert model_path("ferplus2") == Path("ferplus2") and keras_path(str(tmp_path / "m.keras")) == tmp_path / "m.keras"
-    assert names_a_model("fer2013") and names_a_model("x.onnx") and not names_a_model("photo.jpg")
 
 
 def test_bundled_onnx_and_keras_agree_on_real_fer2013_faces():

@@ -19,8 +19,9 @@ from typing import Sequence
 from emorec import __version__
 from emorec.config import (CHOICES, ENGINES, RECIPES, TTA_MODES, ConfigError, ExplainConfig, PredictConfig, ServeConfig,
                            TrainConfig)
-from emorec.extras import MissingExtra, missing_message
-from emorec.files import escape_undecodable
+from emorec.errors import EmorecError, UsageError
+from emorec.extras import missing_message
+from emorec.files import OutputPathError, escape_undecodable
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,13 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"argument --{error.key.replace('_', '-')}: {error.problem}" if error.key else str(error)
         say(f"emorec {args.command}: error: {where}", err=True)
         return 2
-    except (ValueError, FileNotFoundError, FileExistsError, MissingExtra) as error:
+    except EmorecError as error:  # an expected failure (bad input, option or file); anything else is a bug: traceback
         say(f"emorec {args.command}: error: {error}", err=True)
         return 1
     except ModuleNotFoundError as error:  # an optional dependency of this command is not installed
         say(f"emorec {args.command}: error: {missing_message(error.name or 'a module', 'this command')}", err=True)
         return 1
-    except OSError as error:  # permissions, full disks, read-only folders: one line, no traceback
+    except OSError as error:  # missing files, permissions, full disks, read-only folders, outputs that exist: one line
         where = f"{error.filename}: " if error.filename else ""
         say(f"emorec {args.command}: error: {where}{error.strerror or error}", err=True)
         return 1
@@ -318,7 +319,7 @@ def _pack(args) -> int:
     from emorec.files import check_output_path
 
     if not data.is_pack(args.out):
-        raise ValueError(f"{args.out}: pack files end in .npz or .npz.xz")
+        raise OutputPathError(f"{args.out}: pack files end in .npz or .npz.xz")
     check_output_path(args.out, [args.train] + ([args.val] if args.val else []))
     if Path(args.out).exists():
         raise FileExistsError(f"{args.out}: already exists")
@@ -358,14 +359,24 @@ def _add_train(commands) -> None:
     cmd.set_defaults(handler=_train)
 
 
-def _add_field_flag(cmd, item: dataclasses.Field) -> None:
+def _add_field_flag(cmd, item: dataclasses.Field, **extra) -> None:
+    """Add --FIELD-NAME for a config field: its type, choices and help; extra (help, metavar, ...) overrides them.
+
+    Flags left out get no value in the namespace, so the config dataclass supplies every default.
+    """
     flag = "--" + item.name.replace("_", "-")
-    help_text = f"{item.metadata['help']} (default: {item.default})"
+    help_text = extra.pop("help", f"{item.metadata['help']} (default: {item.default})")
     if item.type in ("bool", bool):
-        cmd.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        cmd.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text, **extra)
         return
     kind = {"int": int, "float": float}.get(str(item.type), str)
-    cmd.add_argument(flag, type=kind, choices=CHOICES.get(item.name), default=argparse.SUPPRESS, help=help_text)
+    options = dict(type=kind, choices=CHOICES.get(item.name), default=argparse.SUPPRESS, help=help_text)
+    cmd.add_argument(flag, **{**options, **extra})
+
+
+def _field_values(config_class, args) -> dict:
+    """The config fields given on the command line (flags made by _add_field_flag), by field name."""
+    return {item.name: getattr(args, item.name) for item in dataclasses.fields(config_class) if hasattr(args, item.name)}
 
 
 class _Terminated(KeyboardInterrupt):
@@ -471,15 +482,16 @@ def _add_tta_flag(cmd) -> None:
 def _evaluate(args) -> int:
     from emorec.evaluate import evaluate
     from emorec.files import check_output_path, new_run_dir, to_json
-    from emorec.runtime import model_path, read_info
+    from emorec.catalog import onnx_path
+    from emorec.runtime import read_info
 
-    path = model_path(args.model)
+    path = onnx_path(args.model)
     read_info(path)  # a missing or foreign file fails before the report folder is made
     check_output_path(args.out or Path("runs") / "evaluate", [args.data, path], folder=True)
     made = None if args.out else new_run_dir(Path("runs") / "evaluate", path.stem)
     out = args.out or made
     try:
-        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok, labels=_label_spec(args))
+        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok, label_spec=_label_spec(args))
     except BaseException:
         if made is not None:  # a failed evaluation leaves no empty report folder
             shutil.rmtree(made, ignore_errors=True)
@@ -511,7 +523,7 @@ def _export(args) -> int:
     from emorec.export import export_onnx, quantize_int8
 
     if args.calibration and not args.int8:
-        raise ValueError("--calibration goes with --int8 VAL")
+        raise UsageError("--calibration goes with --int8 VAL")
     result = export_onnx(args.model, args.out, overwrite=args.exist_ok)
     say(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB); on {result.check_images} check images "
           f"the largest probability difference from Keras is {result.max_difference:.1e}")
@@ -531,58 +543,63 @@ def _export(args) -> int:
 # ----------------------------------------------------------------------------
 
 
+_RAY_FIELDS = ("engine", "address", "cpus", "actors")
+_DETECTOR_FLAG = dict(help="face detector: auto, haar, ... (default: auto)")
+_DETECT_FLAG = dict(help="--no-detect: the inputs are already face crops (default: --detect, find the faces first)")
+# Command-line wording where a field's help speaks of the Python API (None, module names).
+_PREDICT_FLAGS = {
+    "model": dict(help=".onnx or .keras model, or a bundled one by name: fer2013, ferplus, fer2013-int8, ferplus-int8 "
+                  "(default: \"bundled\", the default one, on ONNX Runtime)"),
+    "detector": _DETECTOR_FLAG,
+    "detect": _DETECT_FLAG,
+    "exist_ok": dict(help="replace output files that emorec wrote before: annotated copies, --csv, --parquet (never "
+                     "an input, never a file emorec did not write)"),
+    "track_buffer": dict(metavar="SECONDS"),
+    "save_annotated": dict(metavar="DIR", help="write copies with boxes and labels drawn into DIR"),
+    "engine": dict(choices=ENGINES, help="local (default) or ray: Ray Data on a local Ray started for the command, "
+                   "or on a cluster with --address"),
+    "address": dict(help="ray: a running Ray cluster, e.g. ray://head:10001 (default: $RAY_ADDRESS)"),
+}
+
+
 def _add_predict(commands) -> None:
     cmd = commands.add_parser("predict", help="recognize emotions in photos, folders or videos")
     cmd.add_argument("sources", nargs="*", help="images, folders (walked recursively) or video files; "
                      "a leading .onnx or .keras file is taken as --model")
-    cmd.add_argument("--model", help=".onnx or .keras model, or a bundled one by name: fer2013, ferplus, "
-                     "fer2013-int8, ferplus-int8 (default: \"bundled\", the default one, on ONNX Runtime)")
     cmd.add_argument("--source", help="webcam index such as 0 (live video)")
-    cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
-    cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")
-    _add_tta_flag(cmd)
-    cmd.add_argument("--save-annotated", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
-    cmd.add_argument("--stride", type=int, default=1, help="video: classify every N-th frame")
-    cmd.add_argument("--smooth", type=float, default=0.0, help="video: smoothing of each person's probabilities over frames, 0..0.99")
-    cmd.add_argument("--track-buffer", type=float, default=2.0, metavar="SECONDS",
-                     help="video: a face lost from sight this long keeps its track id when it comes back (default 2)")
-    cmd.add_argument("--exist-ok", action="store_true", help="replace output files that emorec wrote before (never "
-                     "an input, never a file emorec did not write)")
+    scale = cmd.add_argument_group("scaling out (needs emorec[ray]; see docs/scaling.md)")
+    for item in dataclasses.fields(PredictConfig):
+        if item.name == "tta":
+            _add_tta_flag(cmd)  # a bare --tta means flip, as in evaluate
+        elif item.name != "sources":
+            _add_field_flag(scale if item.name in _RAY_FIELDS else cmd, item, **_PREDICT_FLAGS.get(item.name, {}))
     output = cmd.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print results as JSON")
     output.add_argument("--csv", metavar="FILE", help="write one row per face to FILE")
-    scale = cmd.add_argument_group("scaling out (needs emorec[ray]; see docs/scaling.md)")
-    scale.add_argument("--engine", choices=ENGINES, default="local", help="local (default) or ray: Ray Data on a "
-                       "local Ray started for the command, or on a cluster with --address")
-    scale.add_argument("--address", help="ray: a running Ray cluster, e.g. ray://head:10001 (default: $RAY_ADDRESS)")
-    scale.add_argument("--cpus", type=_int_range(1, 100_000), default=0, help="ray: CPUs a local Ray decodes on (default: all); the actors come on top")
-    scale.add_argument("--actors", type=_int_range(1, 100_000), default=0,
-                       help="ray: classifier actors, each loading the model once (default: one per 3 CPUs)")
     scale.add_argument("--parquet", metavar="DIR", help="ray: also write every row to DIR/results.parquet")
     cmd.set_defaults(handler=_predict)
 
 
 def _predict(args) -> int:
     from emorec import output, predict
-    from emorec.runtime import MODEL_SUFFIXES
+    from emorec.catalog import MODEL_SUFFIXES
 
     sources = list(args.sources) + ([args.source] if args.source is not None else [])
-    if args.model is None and sources and sources[0].endswith(MODEL_SUFFIXES):
-        args.model = sources.pop(0)  # `emorec predict MODEL IMAGE...` works too
+    values = _field_values(PredictConfig, args)
+    if values.get("model") is None and sources and sources[0].endswith(MODEL_SUFFIXES):
+        values["model"] = sources.pop(0)  # `emorec predict MODEL IMAGE...` works too
     if not sources:
-        raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
-    _check_predict_outputs(args, sources)
-    cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
-                        save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok,
-                        track_buffer=args.track_buffer, engine=args.engine, address=args.address, cpus=args.cpus,
-                        actors=args.actors)
+        raise UsageError("give at least one image, folder or video (or --source 0 for a webcam)")
+    cfg = PredictConfig(**{**values, "sources": sources})
+    _check_predict_outputs(args, cfg)
     _check_output_plan(args, cfg)
     if cfg.engine == "ray":
         from emorec.distributed import run_predict_ray
-        from emorec.runtime import model_path, read_info
+        from emorec.catalog import onnx_path
+        from emorec.runtime import read_info
 
         results = run_predict_ray(cfg, progress=not args.json, parquet=args.parquet)
-        class_names = read_info(model_path(cfg.model)).class_names
+        class_names = read_info(onnx_path(cfg.model)).class_names
     else:
         recognizer = predict.Recognizer.from_config(cfg)
         results = predict.run_predict(cfg, progress=not args.json, recognizer=recognizer)
@@ -595,22 +612,23 @@ def _predict(args) -> int:
     return 1 if any(result.error for result in results) else 0
 
 
-def _check_predict_outputs(args, sources: list[str]) -> None:
+def _check_predict_outputs(args, cfg: PredictConfig) -> None:
     """--csv, --save-annotated and --parquet: never an input nor inside an input folder, and writable."""
     from emorec.files import check_output_path
 
+    sources = cfg.sources
     if args.csv:
         check_output_path(args.csv, sources)
-    if args.save_annotated:
-        check_output_path(args.save_annotated, sources, folder=True)
-    ray_only = [flag for flag in ("address", "cpus", "actors", "parquet") if getattr(args, flag)]
-    if ray_only and args.engine != "ray":
-        raise ValueError(f"--{ray_only[0]} goes with --engine ray")
+    if cfg.save_annotated:
+        check_output_path(cfg.save_annotated, sources, folder=True)
+    ray_only = [flag for flag in ("address", "cpus", "actors", "parquet") if getattr(args, flag, None)]
+    if ray_only and cfg.engine != "ray":
+        raise UsageError(f"--{ray_only[0]} goes with --engine ray")
     if args.parquet:
         from emorec.distributed import PARQUET_NAME
 
         check_output_path(args.parquet, sources, folder=True)
-        if (Path(args.parquet) / PARQUET_NAME).exists() and not args.exist_ok:
+        if (Path(args.parquet) / PARQUET_NAME).exists() and not cfg.exist_ok:
             raise FileExistsError(f"{Path(args.parquet) / PARQUET_NAME}: already exists (use --exist-ok to replace it)")
 
 
@@ -629,7 +647,7 @@ def _check_output_plan(args, cfg) -> None:
 
         outputs.append(Path(args.parquet) / PARQUET_NAME)
     check_distinct_outputs([*csv, *outputs], inputs)
-    check_targets(csv, args.exist_ok, inputs)
+    check_targets(csv, cfg.exist_ok, inputs)
 
 
 # ----------------------------------------------------------------------------
@@ -637,32 +655,38 @@ def _check_output_plan(args, cfg) -> None:
 # ----------------------------------------------------------------------------
 
 
+_EXPLAIN_FLAGS = {
+    "out": dict(required=True, metavar="DIR", help="folder for one PNG per photo (sub-folders of folders kept)"),
+    "exist_ok": dict(help="replace PNGs that emorec wrote before (never a photo being explained, never a file emorec "
+                     "did not write)"),
+    "detector": _DETECTOR_FLAG,
+    "detect": _DETECT_FLAG,
+}
+
+
 def _add_explain(commands) -> None:
     cmd = commands.add_parser("explain", help="Grad-CAM overlays: which part of each face drove the prediction (needs emorec[train])")
     cmd.add_argument("sources", nargs="+", metavar="[MODEL] PHOTO|FOLDER", help="photos or folders (walked recursively); "
                      "a leading .keras or .onnx file or a bundled model's name (fer2013, ferplus, \"bundled\") names the model "
                      "(default: the default bundled model)")
-    cmd.add_argument("--out", required=True, metavar="DIR", help="folder for one PNG per photo (sub-folders of folders kept)")
-    cmd.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (default auto)")
-    cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")
-    cmd.add_argument("--exist-ok", action="store_true", help="replace PNGs that emorec wrote before (never a photo "
-                     "being explained, never a file emorec did not write)")
+    for item in dataclasses.fields(ExplainConfig):
+        if item.name not in ("sources", "model"):  # the model is the leading source
+            _add_field_flag(cmd, item, **_EXPLAIN_FLAGS.get(item.name, {}))
     cmd.set_defaults(handler=_explain)
 
 
 def _explain(args) -> int:
     from emorec import explain
     from emorec.extras import require
-    from emorec.runtime import names_a_model
+    from emorec.catalog import names_a_model
 
     require("keras", explain.PURPOSE)  # before any check of the inputs: a base install gets the install hint first
 
     sources = list(args.sources)
     model = sources.pop(0) if names_a_model(sources[0]) else None
     if not sources:
-        raise ValueError("give at least one photo or folder after the model")
-    cfg = ExplainConfig(sources=sources, out=args.out, model=model, detector=args.detector, detect=args.detect,
-                        exist_ok=args.exist_ok)
+        raise UsageError("give at least one photo or folder after the model")
+    cfg = ExplainConfig(**{**_field_values(ExplainConfig, args), "sources": sources, "model": model})
     results = explain.run_explain(cfg)
     say(*explain.format_results(results))
     failed = [result for result in results if result.error is not None]

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from emorec.catalog import BUNDLED_NAMES, DEFAULT_MODEL
+from emorec.errors import EmorecError
+
 ARCHITECTURES = ("seed", "vgg", "resnet", "compact-s", "compact-m", "compact-l")
 COLOR_MODES = ("grayscale", "rgb")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -24,7 +27,7 @@ TTA_MODES = ("none", "flip", "multi")  # test-time augmentation: see emorec.mode
 ENGINES = ("local", "ray")  # where `emorec predict` runs: see emorec.distributed
 
 
-class ConfigError(ValueError):
+class ConfigError(EmorecError, ValueError):
     """A configuration value is unknown or out of range; `key` names the field when there is one."""
 
     def __init__(self, message: str, key: str | None = None, problem: str | None = None):
@@ -116,7 +119,7 @@ class TrainConfig:
             raise ConfigError("with labels and a val folder, give the val folder's labels too (--val-labels FILE)",
                               "val_labels")
         try:
-            self.label_spec("")
+            rename_pairs(self.rename_classes)
         except ValueError as error:
             raise ConfigError(f"rename_classes: {error}", "rename_classes", str(error)) from None
         if self.val is None and self.val_split == 0.0:
@@ -130,12 +133,6 @@ class TrainConfig:
     def channels(self) -> int:
         """Number of colour channels the model takes."""
         return 1 if self.color_mode == "grayscale" else 3
-
-    def label_spec(self, file: str):
-        """How to read one of this run's label files (emorec.labels.LabelSpec)."""
-        from emorec.labels import LabelSpec
-
-        return LabelSpec.parse(file, self.not_classes, self.rename_classes)
 
     @property
     def run_name(self) -> str:
@@ -155,8 +152,6 @@ class TrainConfig:
     def with_absolute_paths(self) -> "TrainConfig":
         """A copy whose data, val, weights and project paths are absolute, so the saved config replays anywhere."""
         absolute = lambda path: str(Path(path).absolute()) if path else path  # noqa: E731
-        from emorec.runtime import BUNDLED_NAMES, DEFAULT_MODEL
-
         def model(name: str) -> str:  # the saved config names the model it started from, even after the default changes
             name = name if name in ("", "bundled", *BUNDLED_NAMES) else absolute(name)
             return DEFAULT_MODEL if name == "bundled" else name
@@ -355,6 +350,22 @@ class ExplainConfig:
     detector: str = _field("auto", "face detector name (see emorec.faces)")
     detect: bool = _field(True, "False treats every input as an already cropped face")
     exist_ok: bool = _field(False, "allow overwriting PNGs")
+
+
+def comma_list(text: str) -> list[str]:
+    """The stripped, non-empty items of a comma-separated option ("unknown, NF" -> ["unknown", "NF"])."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def rename_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    """(column, class name) pairs from the "happiness=happy,sadness=sad" form; ValueError names a bad item."""
+    pairs = []
+    for item in comma_list(text):
+        column, sep, name = item.partition("=")
+        if not sep or not column.strip() or not name.strip():
+            raise ValueError(f"rename {item!r}: expected COLUMN=CLASS, e.g. happiness=happy")
+        pairs.append((column.strip(), name.strip()))
+    return tuple(pairs)
 
 
 def tta_mode(tta: bool | str | None) -> str:

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
+from emorec.errors import EmorecError
 from emorec.files import InputFileError, atomic_open, check_output_path, file_identity, stat_regular
 from emorec.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from emorec.preprocess import to_model_input
@@ -30,7 +32,7 @@ from emorec.preprocess import to_model_input
 VIEW_PREFIX = "emorec-clean-"  # folder names of clean_view's temporary trees
 
 
-class DatasetError(ValueError):
+class DatasetError(EmorecError, ValueError):
     """A dataset folder is missing, empty or not laid out as class folders."""
 
 
@@ -385,9 +387,12 @@ def load_pack(path: str | Path) -> dict[str, ArrayData]:
         stat_regular(path)
     except InputFileError as error:
         raise DatasetError(str(error).replace("no such file", "no such pack file")) from None
-    with (lzma.open(path, "rb") if path.suffix == ".xz" else open(path, "rb")) as handle:
-        stored = dict(np.load(handle, allow_pickle=False))
-    names = [str(n) for n in stored.pop("class_names")]
+    try:
+        with (lzma.open(path, "rb") if path.suffix == ".xz" else open(path, "rb")) as handle:
+            stored = dict(np.load(handle, allow_pickle=False))
+        names = [str(n) for n in stored.pop("class_names")]
+    except (ValueError, EOFError, KeyError, lzma.LZMAError, zipfile.BadZipFile) as error:
+        raise DatasetError(f"{path}: not a pack written by emorec pack ({error})") from None
     splits = sorted({key.rsplit("_", 1)[0] for key in stored})
     return {s: ArrayData(stored[f"{s}_images"], stored[f"{s}_labels"], names) for s in splits}
 

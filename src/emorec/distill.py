@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 
 from emorec.files import atomic_path
-from emorec.runtime import load_runtime, model_path, probabilities, read_info
+from emorec.catalog import onnx_path
+from emorec.runtime import load_runtime, probabilities, read_info
 
 TEACHER_TTA = "flip"
 CACHE_NAME = "teacher.npz"
@@ -34,7 +35,7 @@ def teacher_names(spec: str) -> list[str]:
 def check_teachers(spec: str) -> None:
     """Raise ModelError naming the first teacher of spec that is missing or not a model emorec can read."""
     for name in teacher_names(spec):
-        read_info(model_path(name))
+        read_info(onnx_path(name))
 
 
 def teacher_probabilities(spec: str, images: np.ndarray, class_names: list[str],

@@ -41,13 +41,15 @@ from typing import Any, Iterable, Iterator
 import cv2
 import numpy as np
 
+from emorec.catalog import onnx_path
 from emorec.config import PredictConfig
+from emorec.errors import EmorecError, UsageError
 from emorec.files import OutputPathError, atomic_path, check_targets
 from emorec.predict import PHOTOS_PER_CALL, error_line, expand_sources, plan_sources, read_photo, video_outputs
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, ImageResult, VideoSummary
 from emorec.results import rows as result_rows
-from emorec.runtime import load_runtime, model_path, read_info
+from emorec.runtime import load_runtime, read_info
 from emorec.tracking import DESCRIPTOR_SIZE, face_descriptors
 from emorec.video import FrameCsv, VideoTracks, capture_fps, count_faces, is_video, open_capture, read_frames
 
@@ -57,7 +59,7 @@ ACTOR_CPUS = 0.5  # what an actor reserves: it waits for decoded faces most of t
 PARQUET_NAME = "results.parquet"
 
 
-class EngineError(ValueError):
+class EngineError(EmorecError, ValueError):
     """Ray could not start, connect or finish the job; the message is one line."""
 
 
@@ -235,7 +237,7 @@ def predict_dataset(dataset, model: str | None = None, detector: str = "auto", d
     """
     import ray.data
 
-    read_info(model_path(model))  # a missing or foreign model fails here, not in every worker
+    read_info(onnx_path(model))  # a missing or foreign model fails here, not in every worker
     options = Options(str(model) if model is not None else None, detector, detect, tta, stride, frames_per_task)
     pool = ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]) if isinstance(actors, tuple) \
         else ray.data.ActorPoolStrategy(size=actors)
@@ -313,7 +315,7 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"{address!r} is not HOST:PORT or ray://HOST:PORT")
+        raise EngineError(f"{address!r} is not HOST:PORT or ray://HOST:PORT")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as error:
@@ -355,14 +357,14 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
     Videos are cut into ranges of frames_per_task frames, decoded in parallel.
     """
     if cfg.save_annotated:
-        raise ValueError("--save-annotated runs on the local engine only (leave out --engine ray)")
+        raise UsageError("--save-annotated runs on the local engine only (leave out --engine ray)")
     errors, images, videos = plan_sources(cfg.sources)
     webcams = [source for source, name in videos if not is_video(source)]
     if webcams:
-        raise ValueError(f"{webcams[0]}: a webcam runs on the local engine only (leave out --engine ray)")
+        raise UsageError(f"{webcams[0]}: a webcam runs on the local engine only (leave out --engine ray)")
     photos = [str(path) for path, _ in expand_sources(images) if not is_video(path)]
     video_jobs = _video_jobs(videos, cfg)
-    class_names = read_info(model_path(cfg.model)).class_names
+    class_names = read_info(onnx_path(cfg.model)).class_names
     paths = photos + [job.source for job in video_jobs if isinstance(job, _VideoJob)]
     if not paths:
         return errors + video_jobs
@@ -376,7 +378,7 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows are matched to inputs
         actors = cfg.actors or default_actors(cpus)
         if actors * ACTOR_CPUS + 1 > cpus:  # else no CPU is left for decoding, and the job waits forever
-            raise ValueError(f"--actors {actors} leaves no CPU for decoding on a Ray with {cpus} CPUs; "
+            raise UsageError(f"--actors {actors} leaves no CPU for decoding on a Ray with {cpus} CPUs; "
                              f"use at most {int((cpus - 1) / ACTOR_CPUS)} actors")
         dataset = ray.data.from_items([{"path": path} for path in paths])
         rows = predict_dataset(dataset, cfg.model, cfg.detector, cfg.detect, cfg.tta, cfg.stride, actors=actors,

@@ -59,6 +59,7 @@ import cv2
 import numpy as np
 
 from emorec.data import InvalidFile, ScanReport, scan_dataset
+from emorec.errors import UsageError
 from emorec.files import file_identity, resolved_output
 from emorec.faces import FACE_CROP_SIDE, create_detector, is_face_crop
 from emorec.preprocess import to_model_input
@@ -256,7 +257,7 @@ def _check_distinct(folders: list[Path]) -> None:
     for i, a in enumerate(resolved):
         for j, b in enumerate(resolved):
             if i != j and a.is_relative_to(b):
-                raise ValueError(f"{folders[i]}: {'is the same folder as' if a == b else 'lies inside'} {folders[j]}; "
+                raise UsageError(f"{folders[i]}: {'is the same folder as' if a == b else 'lies inside'} {folders[j]}; "
                                  "give each folder once")
 
 

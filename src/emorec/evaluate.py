@@ -116,20 +116,20 @@ def load_eval_data(source: str | Path, class_names: list[str], image_size: int, 
 
 
 def evaluate_model(runtime: Runtime, source: str | Path, tta: bool | str = False, progress: bool = True,
-                   labels: LabelSpec | None = None) -> EvalReport:
+                   label_spec: LabelSpec | None = None) -> EvalReport:
     """Evaluate a loaded model (see emorec.runtime.load_runtime) on a class-folder tree or pack.
 
     Every image is classified whole, as `predict` classifies a face crop
     (`faces.is_face_crop`), so the two agree on crops like FER2013's.
 
-    With labels, the true label of an image is the majority of its row in that file
+    With label_spec, the true label of an image is the majority of its row in that file
     (images without one are left out and counted), classes are matched by name (a
     label class the model lacks counts as an error), and vote rows also give the
     cross-entropy of the predictions against the vote distributions.
     """
     info = runtime.info
-    if labels is not None:
-        return _evaluate_on_label_file(runtime, source, tta, progress, labels)
+    if label_spec is not None:
+        return _evaluate_on_label_file(runtime, source, tta, progress, label_spec)
     images, truth = load_eval_data(source, info.class_names, info.image_size, info.channels, progress)
     if len(truth) == 0:
         raise data_lib.DatasetError(f"{source}: no valid images to evaluate on")
@@ -183,10 +183,10 @@ def _vote_cross_entropy(distribution: np.ndarray, where: np.ndarray, probs: np.n
     return float(-(votes * np.log(np.clip(probs[rows], 1e-7, 1.0))).sum(axis=1).mean())
 
 
-def evaluate(model_path: str | Path | None, source: str | Path, out_dir: str | Path | None = None, tta: bool | str = False,
-             progress: bool = True, overwrite: bool = False, labels: LabelSpec | None = None) -> EvalReport:
+def evaluate(model: str | Path | None, source: str | Path, out_dir: str | Path | None = None, tta: bool | str = False,
+             progress: bool = True, overwrite: bool = False, label_spec: LabelSpec | None = None) -> EvalReport:
     """Load a saved model (.onnx or .keras; None: the bundled one), evaluate it on source and, if out_dir is set, write the report and plots there."""
-    report = evaluate_model(load_runtime(model_path), source, tta=tta, progress=progress, labels=labels)
+    report = evaluate_model(load_runtime(model), source, tta=tta, progress=progress, label_spec=label_spec)
     if out_dir is not None:
         write_report(report, out_dir, overwrite=overwrite)
     return report

@@ -29,14 +29,16 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from emorec.catalog import onnx_path
 from emorec.config import ExplainConfig
+from emorec.errors import UsageError
 from emorec.images import read_image
 from emorec.extras import require
 from emorec.files import check_output_path, check_targets, save_figure
 from emorec.predict import error_line, expand_sources
 from emorec.recognizer import Prepared, Recognizer, to_bgr
 from emorec.results import FaceResult
-from emorec.runtime import model_path
+from emorec.runtime import ModelError
 from emorec.video import is_video
 
 EXPLAINED = 2  # heat maps per face: the top class and the runner-up
@@ -74,12 +76,12 @@ class ExplainResult:
 
 def keras_model_file(model: str | Path | None) -> Path:
     """The `.keras` file of a model argument: an `.onnx` model is explained through its `.keras` sibling."""
-    path = model_path(model)
+    path = onnx_path(model)
     if path.suffix != ".onnx":
         return path
     sibling = path.with_suffix(".keras")
     if not sibling.is_file():
-        raise ValueError(f"{path}: explain needs a .keras model (gradients), and there is no {sibling.name} beside it")
+        raise ModelError(f"{path}: explain needs a .keras model (gradients), and there is no {sibling.name} beside it")
     return sibling
 
 
@@ -90,7 +92,7 @@ def last_conv_layer(model):
     for layer in reversed(model.layers):
         if isinstance(layer, (layers.Conv2D, layers.Activation, layers.ReLU)) and len(layer.output.shape) == 4:
             return layer
-    raise ValueError(f"model {model.name!r} has no convolutional layer to explain")
+    raise ModelError(f"model {model.name!r} has no convolutional layer to explain")
 
 
 def _gradient(backend: str) -> Callable:
@@ -109,7 +111,7 @@ def _gradient(backend: str) -> Callable:
         import jax
 
         return lambda fn, x: jax.grad(fn)(x)
-    raise ValueError(f"explain takes gradients with the tensorflow or jax Keras backend, not {backend!r} "
+    raise UsageError(f"explain takes gradients with the tensorflow or jax Keras backend, not {backend!r} "
                      "(set KERAS_BACKEND=tensorflow)")
 
 
@@ -129,7 +131,7 @@ class GradCam:
         self.layer = last_conv_layer(model)
         self.classifier = model.layers[-1]
         if not isinstance(self.classifier, keras.layers.Dense):
-            raise ValueError(f"model {model.name!r} does not end in a Dense classifier layer")
+            raise ModelError(f"model {model.name!r} does not end in a Dense classifier layer")
         # The network cut at the feature map: pixels -> maps, and maps -> the classifier's input.
         self.body = keras.Model(model.input, self.layer.output)
         self.head = keras.Model(self.layer.output, self.classifier.input)

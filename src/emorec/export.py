@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from emorec import __version__
+from emorec.files import OutputPathError
 from emorec.runtime import METADATA_KEY, ModelError, ModelInfo, OnnxModel, probabilities
 
 TOLERANCE = 1e-4  # largest accepted difference between Keras and ONNX probabilities
@@ -45,12 +46,13 @@ def export_onnx(model: str | Path | None, out: str | Path | None = None, overwri
     ModelError (writing nothing) when the exported file's probabilities
     differ from Keras' by more than tolerance.
     """
-    from emorec.model import load_model, model_path
+    from emorec.catalog import keras_path
+    from emorec.model import load_model
 
-    source = model_path(model)
+    source = keras_path(model)
     out = Path(out) if out is not None else source.with_suffix(".onnx")
     if out.suffix != ".onnx":
-        raise ValueError(f"{out}: ONNX files must end in .onnx")
+        raise OutputPathError(f"{out}: ONNX files must end in .onnx")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (use --exist-ok to replace it)")
     keras_model, info = load_model(source)

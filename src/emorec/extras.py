@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from emorec.errors import EmorecError
+
 # Top-level module -> the extra that installs it.
 EXTRA_OF = {
     "keras": "train",
@@ -28,7 +30,7 @@ EXTRA_OF = {
 }
 
 
-class MissingExtra(ImportError):
+class MissingExtra(EmorecError, ImportError):
     """A feature needs a package that is not installed; the message names the pip install that fixes it."""
 
 

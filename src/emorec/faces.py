@@ -28,6 +28,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from emorec.errors import UsageError
 from emorec.preprocess import to_bgr8, to_model_input
 
 # yuface runs on its own OpenMP runtime, whose idle threads spin by default; on
@@ -282,7 +283,7 @@ def create_detector(name: str = "auto", min_size: int = 20) -> FaceDetector:
         return HaarDetector(min_size=min_size)
     if name == "yunet":
         return YuNetDetector(min_size=min_size)
-    raise ValueError(f"unknown face detector {name!r}; choose one of: auto, {', '.join(DETECTORS)}")
+    raise UsageError(f"unknown face detector {name!r}; choose one of: auto, {', '.join(DETECTORS)}")
 
 
 # --- FER2013 framing ------------------------------------------------------

@@ -23,12 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from emorec.errors import EmorecError
 
-class InputFileError(ValueError):
+
+class InputFileError(EmorecError, ValueError):
     """A user file that cannot be read as a regular file; the message names it and says why."""
 
 
-class OutputPathError(ValueError):
+class OutputPathError(EmorecError, ValueError):
     """An output path that would hurt an input or cannot be written; the message names it."""
 
 

@@ -21,6 +21,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from emorec.errors import EmorecError
 from emorec.files import InputFileError, read_limited
 from emorec.preprocess import to_bgr8, to_uint8
 
@@ -53,7 +54,7 @@ class _Header:
     sample_bytes: int  # 1 for 8-bit images, 2 for 16-bit PNG/TIFF, 4 or 8 for float TIFF
 
 
-class ImageReadError(ValueError):
+class ImageReadError(EmorecError, ValueError):
     """An image file could not be read; the message names the file and the reason.
 
     corrupt is True only when the file is an image file whose content fails

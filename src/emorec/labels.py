@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from emorec.config import LABEL_TARGETS, LABEL_UNSURE
+from emorec.config import LABEL_TARGETS, LABEL_UNSURE, comma_list, rename_pairs
 from emorec.data import DatasetError, ScanReport
 from emorec.files import InputFileError, read_limited
 
@@ -52,17 +52,11 @@ class LabelSpec:
 
         Raises LabelFileError on a rename without '='.
         """
-        pairs = []
-        for item in _split(rename):
-            column, sep, name = item.partition("=")
-            if not sep or not column.strip() or not name.strip():
-                raise LabelFileError(f"rename {item!r}: expected COLUMN=CLASS, e.g. happiness=happy")
-            pairs.append((column.strip(), name.strip()))
-        return cls(file, tuple(_split(not_classes)), tuple(pairs))
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
+        try:
+            pairs = rename_pairs(rename)
+        except ValueError as error:
+            raise LabelFileError(str(error)) from None
+        return cls(file, tuple(comma_list(not_classes)), pairs)
 
 
 @dataclass

@@ -20,11 +20,10 @@ import numpy as np
 import keras
 from keras import layers
 
+from emorec.catalog import keras_path
 from emorec.files import atomic_path
-from emorec.runtime import (BUNDLED_KERAS, METADATA_KEY, KerasModel, ModelInfo, keras_path, probabilities,  # noqa: F401
+from emorec.runtime import (METADATA_KEY, KerasModel, ModelError, ModelInfo, probabilities,  # noqa: F401
                             read_info, tta_views)
-
-BUNDLED_MODEL = BUNDLED_KERAS
 
 
 # ----------------------------------------------------------------------------
@@ -305,11 +304,11 @@ def load_weights_from(model: keras.Model, path: str | Path, class_names: list[st
     fresh initialisation. Class weights undone in the saved model are put back, so
     training goes on from where it stopped. Returns the classes whose weights were copied.
     """
-    path = model_path(path)
+    path = keras_path(path)
     info = read_info(path)
     arch, shape = model.name.removeprefix("emorec_"), tuple(model.input_shape[1:])
     if (info.arch, info.input_shape) != (arch, shape):
-        raise ValueError(f"{path}: a {info.arch} model for {info.input_shape} inputs cannot start a {arch} model "
+        raise ModelError(f"{path}: a {info.arch} model for {info.input_shape} inputs cannot start a {arch} model "
                          f"for {shape} inputs (match --arch, --image-size and --color-mode)")
     saved = load_model(path)[0]
     _copy_weights(saved, model, skip=("emotion",))
@@ -394,12 +393,7 @@ def save_model(model: keras.Model, path: str | Path, info: ModelInfo, overwrite:
     return path
 
 
-def model_path(path: str | Path | None) -> Path:
-    """The `.keras` file of a model argument for training: a bundled model's name, None/"bundled", or a path."""
-    return keras_path(path)
-
-
 def load_model(path: str | Path | None = None) -> tuple[keras.Model, ModelInfo]:
     """Load a saved `.keras` model and its metadata; None or "bundled" loads the bundled model."""
-    runtime = KerasModel.load(model_path(path))
+    runtime = KerasModel.load(keras_path(path))
     return runtime.model, runtime.info

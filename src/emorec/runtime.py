@@ -28,20 +28,16 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from emorec.catalog import MODEL_SUFFIXES, onnx_path
 from emorec.config import tta_mode
+from emorec.errors import EmorecError
 from emorec.files import InputFileError, stat_regular
 
 METADATA_KEY = "emorec.json"  # the .keras zip member and the ONNX metadata property
-MODELS_DIR = Path(__file__).parent / "models"
-BUNDLED_NAMES = ("fer2013", "ferplus")  # models shipped in MODELS_DIR; see their model cards there
-DEFAULT_MODEL = "ferplus"  # what "bundled" (and no model at all) means: see the model cards for why
-BUNDLED_ONNX = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.onnx"
-BUNDLED_KERAS = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.keras"
-MODEL_SUFFIXES = (".onnx", ".keras")
 BATCH = 256  # images per forward call on long lists (bounded memory)
 
 
-class ModelError(ValueError):
+class ModelError(EmorecError, ValueError):
     """A model file is broken or foreign ("PATH: not a usable emorec model (reason)"), or gives unusable outputs."""
 
 
@@ -74,38 +70,6 @@ class ModelInfo:
 # ----------------------------------------------------------------------------
 # Finding and describing model files
 # ----------------------------------------------------------------------------
-
-
-def model_path(path: str | Path | None) -> Path:
-    """The file of a model argument for inference.
-
-    A bundled model's name ("fer2013", "ferplus") means its ONNX file and NAME-int8 its
-    int8 copy; None and "bundled" mean the default model (DEFAULT_MODEL). Anything
-    else is a path.
-    """
-    name = _bundled_name(path)
-    if name is None:
-        return Path(path)
-    return MODELS_DIR / f"emorec-{name.removesuffix('-int8')}{'.int8' if name.endswith('-int8') else ''}.onnx"
-
-
-def keras_path(path: str | Path | None) -> Path:
-    """The `.keras` file of a model argument for training: a bundled model's name, None/"bundled", or a path."""
-    name = _bundled_name(path)
-    if name is None or name.endswith("-int8"):
-        return Path(path)
-    return MODELS_DIR / f"emorec-{name}.keras"
-
-
-def names_a_model(text: str) -> bool:
-    """True when text is a bundled model's name ("bundled", "fer2013", ...) or a file name with a model suffix."""
-    return _bundled_name(text) is not None or text.endswith(MODEL_SUFFIXES)
-
-
-def _bundled_name(path: str | Path | None) -> str | None:
-    text = "bundled" if path is None else str(path)
-    name = text.replace("bundled", DEFAULT_MODEL, 1) if text in ("bundled", "bundled-int8") else text
-    return name if name.removesuffix("-int8") in BUNDLED_NAMES else None
 
 
 def _unusable(path: Path, reason: str) -> ModelError:
@@ -305,7 +269,7 @@ def _two_columns(probs: np.ndarray) -> np.ndarray:
 
 def load_runtime(model: str | Path | None = None, threads: int = 0) -> Runtime:
     """Load a model file by its suffix: `.onnx` on ONNX Runtime, `.keras` on Keras; None/"bundled": the bundled ONNX model."""
-    path = model_path(model)
+    path = onnx_path(model)
     if path.suffix == ".onnx":
         return OnnxModel(path, threads)
     if path.suffix == ".keras":

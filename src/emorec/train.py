@@ -38,17 +38,19 @@ import keras
 
 from emorec import data as data_lib
 from emorec import distill
+from emorec.catalog import keras_path
 from emorec.config import ConfigError, TrainConfig, read_config_file
+from emorec.errors import EmorecError, UsageError
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
 from emorec.files import atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
-from emorec.labels import LabelledImages, label_report, read_label_file
-from emorec.model import (ModelInfo, build_model, inference_copy, load_model, load_weights_from, model_path,
+from emorec.labels import LabelledImages, LabelSpec, label_report, read_label_file
+from emorec.model import (ModelInfo, build_model, inference_copy, load_model, load_weights_from,
                           predict_probabilities, read_info, save_model, undo_class_weights)
 
 RESUME_DIR = "resume"
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(EmorecError, ValueError):
     """The loss became NaN or infinite; the run folder keeps the last good epoch."""
 
 
@@ -157,7 +159,7 @@ def _labelled(cfg: TrainConfig, reports: list[data_lib.ScanReport]) -> list[Labe
     """The images of each report paired with the rows of its label file; notes about left-out rows are warnings."""
     labelled = []
     for report, file in zip(reports, [cfg.labels, cfg.val_labels]):
-        labelled.append(label_report(read_label_file(cfg.label_spec(file)), report))
+        labelled.append(label_report(read_label_file(LabelSpec.parse(file, cfg.not_classes, cfg.rename_classes)), report))
     names = labelled[0].class_names
     if len(labelled) > 1 and labelled[1].class_names != names:
         raise data_lib.DatasetError(f"{cfg.val_labels}: classes {labelled[1].class_names} differ from {cfg.labels}'s {names}")
@@ -540,7 +542,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
     data_parallel(cfg)  # a device count this machine cannot give fails before anything is read or written
     cfg = cfg.with_absolute_paths()
     if cfg.weights:
-        read_info(model_path(cfg.weights))  # a missing or foreign file fails before the data loads
+        read_info(keras_path(cfg.weights))  # a missing or foreign file fails before the data loads
     distill.check_teachers(cfg.teacher)
     sources = check_training_data(cfg, progress)
     run_dir = new_run_dir(cfg.project, cfg.run_name, cfg.exist_ok)
@@ -557,7 +559,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
     if not (run_dir / RESUME_DIR).is_dir() and (run_dir / "eval.json").is_file():
-        raise ValueError(f"{run_dir}: the run is complete; nothing to resume")
+        raise UsageError(f"{run_dir}: the run is complete; nothing to resume")
     values = read_config_file(run_dir / "config.json")
     cfg = train_config(values.pop("recipe", ""), **values)
     data_parallel(cfg)

@@ -27,7 +27,7 @@ import numpy as np
 
 from emorec.config import PredictConfig
 from emorec.draw import annotate
-from emorec.files import atomic_path, check_targets, output_trailer, stat_regular
+from emorec.files import InputFileError, atomic_path, check_targets, output_trailer, stat_regular
 from emorec.pipeline import in_background, ordered_map
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, Track, VideoAnalysis, VideoSummary, csv_cells, rows
@@ -184,16 +184,16 @@ def _video_loop(capture, recognizer: Recognizer, cfg: PredictConfig, summary: Vi
 
 
 def open_capture(source: str | Path | int) -> cv2.VideoCapture:
-    """An opened cv2.VideoCapture for a file path or webcam index; ValueError if it cannot open."""
+    """An opened cv2.VideoCapture for a file path or webcam index; InputFileError if it cannot open."""
     index = webcam_index(source)
     if index is not None and index > MAX_CAMERA_INDEX:
-        raise ValueError(f"{source}: no such camera (camera indexes are 0 to {MAX_CAMERA_INDEX})")
+        raise InputFileError(f"{source}: no such camera (camera indexes are 0 to {MAX_CAMERA_INDEX})")
     if index is None:
         stat_regular(source)  # a FIFO or device named .mp4 would block OpenCV's reader forever
     capture = cv2.VideoCapture(index if index is not None else str(source))
     if not capture.isOpened():
         capture.release()
-        raise ValueError(f"{source}: cannot open video (unsupported format or no such camera)")
+        raise InputFileError(f"{source}: cannot open video (unsupported format or no such camera)")
     return capture
 
 

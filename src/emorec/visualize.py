@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from emorec.data import DatasetError, ScanReport
+from emorec.files import OutputPathError, save_figure
 from emorec.images import read_image
-from emorec.files import save_figure
 
 THUMBNAIL = 256  # largest side drawn per sample: a grid cell is about 150 pixels wide
 
@@ -64,7 +64,7 @@ def save_overview(report: ScanReport, out: str | Path, per_class: int = 8, seed:
     """Save the sample grid to out and the count chart beside it as <out stem>_counts.png."""
     out = Path(out)
     if out.suffix.lower() != ".png":
-        raise ValueError(f"{out}: the output must be a .png file")
+        raise OutputPathError(f"{out}: the output must be a .png file")
     if report.total == 0:
         raise DatasetError(f"{report.root}: no valid images to show")
     counts_path = out.with_name(f"{out.stem}_counts.png")
