@@ -49,6 +49,9 @@ FRAMES_PER_TASK = 300  # frames one decoding task reads from a video (10 s at 30
 CPUS_PER_ACTOR = 3  # default pool: one classifier per 3 CPUs (a face: ~10 ms of a core to classify, ~14 to find)
 ACTOR_CPUS = 0.5  # what an actor reserves: it waits for decoded faces most of the time
 PARQUET_NAME = "results.parquet"
+RAY_DEADLINE_S = 60.0  # to start a local Ray or connect to a cluster (a local start took ~10 s on 2 busy cores)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what a gRPC client sends first
+HTTP2_EMPTY_SETTINGS, HTTP2_SETTINGS = b"\0\0\0\x04\0\0\0\0\0", 4  # a settings frame, and its type
 
 
 class EngineError(ValueError):
@@ -238,9 +241,10 @@ def predict_dataset(dataset, model: str | None = None, detector: str = "auto", d
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, cpus: int = 0) -> Iterator[int]:
+def ray_session(address: str | None = None, cpus: int = 0, deadline: float = RAY_DEADLINE_S) -> Iterator[int]:
     """Connect to the Ray cluster at address (or $RAY_ADDRESS), else start a quiet local Ray with cpus CPUs
-    (0: all); yields the cluster's CPU count. A local Ray is shut down at the end."""
+    (0: all); yields the cluster's CPU count. Connecting gets `deadline` seconds, and so does starting a local
+    Ray (in the main thread). A local Ray is shut down at the end, also when it failed to start."""
     from emorec.extras import require
 
     require("ray", "--engine ray")
@@ -254,11 +258,14 @@ def ray_session(address: str | None = None, cpus: int = 0) -> Iterator[int]:
     try:
         with _interrupts_deferred() as interrupted:  # Ray stopped half-way leaves its helper processes behind
             if address:
-                _probe(address)
-                ray.init(address=address, **quiet)
+                _probe(address, min(deadline, 5.0))
+                _connect(address, quiet, deadline)
             else:
-                ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as error:
+                with _deadline(deadline):
+                    ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, **quiet)
+    except (ConnectionError, RuntimeError, ValueError, _DeadlinePassed) as error:
+        if not address:  # a local Ray started half-way: stop what it started
+            ray.shutdown()
         raise EngineError(f"cannot {'connect to Ray at ' + address if address else 'start a local Ray'}: "
                           f"{_last_line(error)}") from None
     try:
@@ -268,6 +275,57 @@ def ray_session(address: str | None = None, cpus: int = 0) -> Iterator[int]:
         yield int(ray.cluster_resources().get("CPU", 1))
     finally:
         ray.shutdown()
+
+
+def _connect(address: str, options: dict, deadline: float) -> None:
+    """ray.init(address) in a helper thread, given up after deadline seconds: Ray's client waits in C++
+    code for a minute or more at a time, where no signal can interrupt it."""
+    import threading
+
+    import ray
+
+    done, failures = threading.Event(), []
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, **options)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            failures.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=connect, name="emorec-ray-connect", daemon=True).start()
+    if not done.wait(deadline):
+        raise _DeadlinePassed(f"no answer within {deadline:g} s")
+    if failures:
+        raise failures[0]
+
+
+class _DeadlinePassed(BaseException):
+    """Raised into a Ray start-up or connection that took too long (not an Exception: Ray's retry loops
+    catch those and go on retrying)."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """_DeadlinePassed is raised in the block once `seconds` have passed (main thread only: it uses SIGALRM)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(*args):
+        raise _DeadlinePassed(f"no answer within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @contextlib.contextmanager
@@ -288,7 +346,10 @@ def _interrupts_deferred() -> Iterator[list]:
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
-    """ConnectionError unless host:port of a Ray address accepts connections: Ray itself retries for minutes."""
+    """ConnectionError unless host:port of a Ray address answers like Ray (gRPC: HTTP/2 settings) within timeout.
+
+    Ray itself retries for minutes on a port that is closed or that speaks another protocol.
+    """
     import socket
 
     if address == "auto":
@@ -297,9 +358,15 @@ def _probe(address: str, timeout: float = 5.0) -> None:
     if not host or not port.isdigit():
         raise ValueError(f"{address!r} is not HOST:PORT or ray://HOST:PORT")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+            connection.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
+            answer = connection.recv(9)
+    except socket.timeout:
+        raise ConnectionError(f"no answer from {host}:{port} within {timeout:g} s (not a Ray port?)") from None
     except OSError as error:
         raise ConnectionError(error.strerror or str(error) or "no answer") from None
+    if len(answer) < 9 or answer[3] != HTTP2_SETTINGS:  # every gRPC server opens with its settings frame
+        raise ConnectionError(f"{host}:{port} does not answer like Ray (no gRPC)")
 
 
 def _quiet_ray_data() -> None:
@@ -349,6 +416,9 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
     if not paths:
         return errors + video_jobs
     remote = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
+    machine = os.cpu_count() or 1
+    if not remote and cfg.cpus > machine:  # Ray would start a worker per CPU asked for, then wait for them
+        raise ValueError(f"--cpus {cfg.cpus} is more than the {machine} CPUs of this machine")
     # A local Ray gets the actors' share on top of the CPUs that decode: an actor mostly waits for faces.
     decoding = cfg.cpus or os.cpu_count() or 1
     local_cpus = decoding + math.ceil((cfg.actors or default_actors(decoding)) * ACTOR_CPUS)
@@ -356,6 +426,8 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
         import ray.data
 
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows are matched to inputs
+        if remote and cfg.cpus > cpus:
+            raise ValueError(f"--cpus {cfg.cpus} is more than the {cpus} CPUs of the Ray cluster")
         actors = cfg.actors or default_actors(cpus)
         if actors * ACTOR_CPUS + 1 > cpus:  # else no CPU is left for decoding, and the job waits forever
             raise ValueError(f"--actors {actors} leaves no CPU for decoding on a Ray with {cpus} CPUs; "
