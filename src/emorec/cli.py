@@ -509,16 +509,22 @@ def _add_export(commands) -> None:
 
 
 def _export(args) -> int:
-    from emorec.export import export_onnx, quantize_int8
+    from emorec.export import export_onnx, int8_path, load_int8_data, onnx_target, quantize_int8
+    from emorec.files import check_targets
+    from emorec.runtime import keras_path, read_info
 
     if args.calibration and not args.int8:
         raise ValueError("--calibration goes with --int8 VAL")
+    int8_data = None
+    if args.int8:  # checked before anything is written
+        check_targets([int8_path(onnx_target(args.model, args.out))], args.exist_ok)
+        int8_data = load_int8_data(args.int8, read_info(keras_path(args.model)), args.calibration)
     result = export_onnx(args.model, args.out, overwrite=args.exist_ok)
     say(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB); on {result.check_images} check images "
           f"the largest probability difference from Keras is {result.max_difference:.1e}")
     if not args.int8:
         return 0
-    int8 = quantize_int8(result.path, args.int8, args.calibration, overwrite=args.exist_ok)
+    int8 = quantize_int8(result.path, args.int8, args.calibration, overwrite=args.exist_ok, data=int8_data)
     figures = f"val accuracy {int8.float_accuracy:.2%} float32, {int8.int8_accuracy:.2%} int8 on {int8.images} images"
     if int8.kept:
         say(f"wrote {int8.path} ({int8.path.stat().st_size / 2**20:.1f} MiB); {figures}")
