@@ -20,6 +20,7 @@ from emorec import __version__
 from emorec.config import (CHOICES, ENGINES, RECIPES, TTA_MODES, ConfigError, ExplainConfig, PredictConfig, ServeConfig,
                            TrainConfig)
 from emorec.extras import MissingExtra, missing_message
+from emorec.progress import draw_bars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    draw_bars(getattr(args, "progress", False))
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(args.command)
@@ -135,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_explain(commands)
     _add_serve(commands)
+    for name, command in commands.choices.items():
+        if name != "serve":
+            command.add_argument("--progress", action="store_true", help="draw progress bars even when stderr is "
+                                 "not a terminal (each bar ends in one summary line either way)")
     return parser
 
 

@@ -474,10 +474,10 @@ def _video_jobs(videos: list[tuple[str, Path | None]], cfg: PredictConfig) -> li
 
 def _rows(dataset, sink, total: int, progress: bool) -> Iterator[dict[str, Any]]:
     """The dataset's rows in order, each batch also handed to the Parquet sink."""
-    from tqdm import tqdm
+    from emorec.progress import bar as progress_bar
 
-    with warnings.catch_warnings(), tqdm(total=total, desc="photos and videos", unit="item", leave=False,
-                                         disable=not progress) as bar:
+    with warnings.catch_warnings(), progress_bar(total=total, desc="photos and videos", unit="item",
+                                                 enabled=progress) as bar:
         warnings.simplefilter("ignore")  # Ray's deprecation notices are not the user's business
         last = None
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):

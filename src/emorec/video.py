@@ -87,9 +87,9 @@ def predict_video(
 
 
 def _frames_bar(total: int, enabled: bool):
-    from tqdm import tqdm
+    from emorec.progress import bar
 
-    return tqdm(total=total if total > 0 else None, desc="frames", unit="frame", leave=False, disable=not enabled)
+    return bar(total=total if total > 0 else None, desc="frames", unit="frame", enabled=enabled)
 
 
 def _video_loop(capture, recognizer: Recognizer, cfg: PredictConfig, summary: VideoSummary, rows, writer, bar) -> None:
