@@ -304,8 +304,9 @@ class ServeConfig:
     max_files: int = _field(32, "most files in one request")
     decode_mb: float = _field(1024.0, "MB of decoded image pixels in flight across requests; more wait briefly, "
                                       "then get 503 with Retry-After")
-    body_grace_s: float = _field(10.0, "seconds an upload may take before min_upload_kbps applies")
-    min_upload_kbps: float = _field(16.0, "slowest upload accepted after body_grace_s, in KB/s; slower ones get 408")
+    body_grace_s: float = _field(10.0, "seconds an upload may take before the minimum upload rate applies")
+    min_upload_kbps: float = _field(16.0, "slowest upload accepted once the grace seconds are over, in KB/s; "
+                                          "slower ones get 408")
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65_535)

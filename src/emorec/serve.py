@@ -104,14 +104,13 @@ class UploadGate:
     The body is read first, so a client that sends slowly holds no place in
     the queue, and it must keep up `min_rate` bytes per second once `grace`
     seconds have passed (else 408). Bodies being read share `bodies`
-    (queue x limit bytes; more get 503), and admitted ones are at most queue
-    x limit more, so memory for uploads stays bounded however many clients
-    connect. A body over `limit` bytes gets 413, after
-    what the client sends is read and dropped (up to DISCARD_BYTES),
-    so that clients that send the whole body before reading the answer
-    (Python's urllib) see the 413 rather than a reset connection. Then the
-    request is admitted, or refused with 503 and Retry-After when `admission`
-    is full.
+    (queue x limit bytes; more get 503), and admitted ones are at most
+    queue x limit more, so memory for uploads stays bounded however many
+    clients connect. A body over `limit` bytes gets 413 after what the
+    client sends is read and dropped (up to DISCARD_BYTES), so that clients
+    that send the whole body before reading the answer (Python's urllib)
+    read the 413 rather than a reset connection. Then the request is
+    admitted, or refused with 503 and Retry-After when `admission` is full.
     """
 
     def __init__(self, app, limit: int, admission: Admission, grace: float = 10.0, min_rate: float = 16_000,
@@ -208,31 +207,42 @@ def recognize_uploads(recognizer: Recognizer, uploads: list[tuple[str, bytes]], 
     MAX_DECODED_BYTES (or the whole budget) gets its own error instead.
     """
     results = [ImageResult(name) for name, _ in uploads]
-    largest = min(MAX_DECODED_BYTES, budget.limit if budget else MAX_DECODED_BYTES)
-    sizes = [decoded_bytes(payload) for _, payload in uploads]
-    for result, size in zip(results, sizes):
-        if size > largest:
-            result.error = (f"{result.source}: decodes to {size / 2**20:,.0f} MiB of pixels, over the "
-                            f"{largest / 2**20:,.0f} MiB limit per image")
-    needed = max((size for result, size in zip(results, sizes) if result.error is None), default=0)
+    needed = _refuse_oversized(results, [decoded_bytes(payload) for _, payload in uploads],
+                               min(MAX_DECODED_BYTES, budget.limit) if budget else MAX_DECODED_BYTES)
     if budget is not None and not budget.take(needed, wait):
         raise Busy
     try:
-        prepared: list[tuple[int, Prepared]] = []
-        for index, (name, payload) in enumerate(uploads):
-            if results[index].error is None:
-                try:
-                    prepared.append((index, recognizer.prepare(decode_upload(name, payload))))
-                except (ImageReadError, ValueError) as error:
-                    results[index].error = str(error)
-                except MemoryError:
-                    results[index].error = f"{name}: not enough memory to decode it now (try again later)"
+        prepared = _prepare(recognizer, uploads, results)
     finally:
         if budget is not None:
             budget.give(needed)
     for (index, _), faces in zip(prepared, recognizer.classify_prepared([item for _, item in prepared])):
         results[index].faces = faces
     return results
+
+
+def _refuse_oversized(results: list[ImageResult], sizes: list[int], largest: int) -> int:
+    """Set the error of each file that decodes to more than `largest` bytes; the largest size left."""
+    for result, size in zip(results, sizes):
+        if size > largest:
+            result.error = (f"{result.source}: decodes to {size / 2**20:,.0f} MiB of pixels, over the "
+                            f"{largest / 2**20:,.0f} MiB limit per image")
+    return max((size for result, size in zip(results, sizes) if result.error is None), default=0)
+
+
+def _prepare(recognizer: Recognizer, uploads: list[tuple[str, bytes]],
+             results: list[ImageResult]) -> list[tuple[int, Prepared]]:
+    """Decode and crop the files without an error yet, one at a time; a file that fails gets its error."""
+    prepared: list[tuple[int, Prepared]] = []
+    for index, (name, payload) in enumerate(uploads):
+        if results[index].error is None:
+            try:
+                prepared.append((index, recognizer.prepare(decode_upload(name, payload))))
+            except (ImageReadError, ValueError) as error:
+                results[index].error = str(error)
+            except MemoryError:
+                results[index].error = f"{name}: not enough memory to decode it now (try again later)"
+    return prepared
 
 
 def decoded_bytes(payload: bytes) -> int:
