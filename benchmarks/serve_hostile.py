@@ -90,7 +90,8 @@ def deep_pngs(port: int, pid: int) -> dict:
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda _: post(port, body), range(2)))
     return {"png_mb": round(len(png) / 1e6, 2), "request_mb": round(len(body) / 1e6, 2),
-            "answers": answers, "server_peak_rss_mb_before": round(before), "server_peak_rss_mb": round(peak_rss_mb(pid))}
+            "answers": answers, "server_peak_rss_mb_before": round(before),
+            "server_peak_rss_mb": round(peak_rss_mb(pid))}
 
 
 def slow_senders(port: int, photo: bytes, senders: int = 40, normal: int = 10) -> dict:
@@ -127,7 +128,8 @@ def plain_413(port: int) -> dict:
 def main(argv=None) -> None:
     """Run the scenarios and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--src", default=str(HERE.parent / "src"), help="emorec sources to serve (e.g. an older checkout)")
+    parser.add_argument("--src", default=str(HERE.parent / "src"),
+                        help="emorec sources to serve (e.g. an older checkout)")
     parser.add_argument("--skip", nargs="*", default=[], choices=("deep", "slow", "plain413"))
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
