@@ -416,9 +416,8 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
     if not paths:
         return errors + video_jobs
     remote = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
-    machine = os.cpu_count() or 1
-    if not remote and cfg.cpus > machine:  # Ray would start a worker per CPU asked for, then wait for them
-        raise ValueError(f"--cpus {cfg.cpus} is more than the {machine} CPUs of this machine")
+    if not remote:
+        _check_local_size(cfg, os.cpu_count() or 1)
     # A local Ray gets the actors' share on top of the CPUs that decode: an actor mostly waits for faces.
     decoding = cfg.cpus or os.cpu_count() or 1
     local_cpus = decoding + math.ceil((cfg.actors or default_actors(decoding)) * ACTOR_CPUS)
@@ -443,6 +442,16 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
         except ray.exceptions.RayError as error:
             raise EngineError(f"the Ray job failed: {_last_line(error)}") from None
     return errors + results
+
+
+def _check_local_size(cfg: PredictConfig, machine: int) -> None:
+    """ValueError unless --cpus and --actors fit this machine: a local Ray starts a worker process per CPU
+    it is given (113 of them for --cpus 100000 on 2 cores, and the job never began)."""
+    if cfg.cpus > machine:
+        raise ValueError(f"--cpus {cfg.cpus} is more than the {machine} CPUs of this machine")
+    if cfg.actors * ACTOR_CPUS > machine:
+        raise ValueError(f"--actors {cfg.actors} is more than a local Ray on this machine's {machine} CPUs can run "
+                         f"(at most {int(machine / ACTOR_CPUS)})")
 
 
 @dataclass
