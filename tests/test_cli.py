@@ -335,7 +335,7 @@ def test_train_help_lists_the_choices_of_enum_flags(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for choices in ("{seed,vgg,resnet}", "{adam,adamw,sgd}", "{constant,cosine,plateau}", "{none,balanced}",
+    for choices in ("{seed,vgg,resnet,compact-s,compact-m,compact-l}", "{adam,adamw,sgd}", "{constant,cosine,plateau}", "{none,balanced}",
                     "{grayscale,rgb}"):
         assert choices in out
 

@@ -12,7 +12,7 @@ import keras
 
 from emorec import distill
 from emorec.cli import main
-from emorec.data import read_image
+from emorec.images import read_image
 from emorec.preprocess import to_model_input
 from emorec.runtime import load_runtime, probabilities
 

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -160,3 +168,107 @@ def test_ray_only_options_are_one_line_errors(tmp_path, capsys):
     assert lines == ["emorec predict: error: --parquet goes with --engine ray",
                      "emorec predict: error: --save-annotated runs on the local engine only (leave out --engine ray)",
                      "emorec predict: error: 0: a webcam runs on the local engine only (leave out --engine ray)"]
+
+
+@contextmanager
+def fake_port(first_bytes: bytes):
+    """A loopback port that accepts connections, sends first_bytes to each, then says nothing more."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop, held = threading.Event(), []
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except socket.timeout:
+                continue
+            connection.sendall(first_bytes)
+            held.append(connection)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        server.close()
+        for connection in held:
+            connection.close()
+
+
+def test_more_cpus_or_actors_than_the_machine_has_is_one_line(capsys):
+    photo = str(require(PHOTOS) / "Arnaud_Lagardere_0001.jpg")
+    assert cli.main(["predict", photo, "--engine", "ray", "--cpus", "100000"]) == 1
+    assert cli.main(["predict", photo, "--engine", "ray", "--actors", "100000"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"emorec predict: error: --cpus 100000 is more than the {os.cpu_count()} CPUs of this machine",
+        f"emorec predict: error: --actors 100000 is more than a local Ray on this machine's {os.cpu_count()} CPUs "
+        f"can run (at most {os.cpu_count() * 2})"]
+
+
+@pytest.mark.parametrize("first_bytes", [b"", b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+def test_an_address_that_is_not_ray_is_a_one_line_error(first_bytes, capsys):
+    photo = str(require(PHOTOS) / "Arnaud_Lagardere_0001.jpg")
+    with fake_port(first_bytes) as address:
+        started = time.monotonic()
+        assert cli.main(["predict", photo, "--engine", "ray", "--address", address]) == 1
+        assert time.monotonic() - started < 60
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"emorec predict: error: cannot connect to Ray at {address}: ")
+
+
+def test_connecting_to_ray_has_a_deadline():
+    settings_frame = b"\0\0\0\x04\0\0\0\0\0"  # answers like a gRPC server, then nothing: Ray would wait for minutes
+    code = ("import sys\nfrom emorec.distributed import EngineError, ray_session\ntry:\n"
+            "    with ray_session(sys.argv[1], deadline=3):\n        pass\nexcept EngineError as error:\n    print(error)\n")
+    with fake_port(settings_frame) as address:  # in its own process: this module's tests keep a local Ray running
+        done = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=300)
+    assert done.stdout == f"cannot connect to Ray at {address}: no answer within 3 s\n", done.stderr[-2000:]
+
+
+def ray_processes(temp_dir: str) -> list[int]:
+    """Processes whose command line names temp_dir (Ray's session folders live there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and temp_dir.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # the process ended while the list was read
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_no_ray_process_outlives_a_terminated_command(tmp_path):
+    video = write_video(tmp_path / "long.mp4", frames=600)
+    temp_dir = tempfile.mkdtemp(prefix="emorec-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    command = [sys.executable, "-m", "emorec", "predict", str(video), "--engine", "ray", "--cpus", "1"]
+    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "RAY_TMPDIR": temp_dir},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ray_processes(temp_dir) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the command's Ray is running
+        assert ray_processes(temp_dir), "the command's Ray did not start"
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=120)
+        deadline = time.monotonic() + 60
+        while ray_processes(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)  # Ray's workers end shortly after their raylet
+        assert ray_processes(temp_dir) == []
+    finally:
+        process.kill()
+        for pid in ray_processes(temp_dir):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_the_address_probe_accepts_a_real_ray(local_ray):
+    import ray
+
+    from emorec.distributed import _probe
+
+    _probe(ray.get_runtime_context().gcs_address)  # raises unless it answers like Ray

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from emorec.config import ConfigError
-from emorec.data import DatasetError, ImageReadError
+from emorec.data import DatasetError
+from emorec.images import ImageReadError
 from emorec.distributed import EngineError
 from emorec.errors import EmorecError, UsageError
 from emorec.extras import MissingExtra

@@ -100,3 +100,32 @@ def test_bundled_int8_model_is_selectable_by_name():
     model = load_runtime("bundled-int8")
     assert model.path.name == "emorec-ferplus.int8.onnx"
     assert model.info == load_runtime("bundled").info
+
+
+@pytest.mark.parametrize("content", ["nothing", "bad files", "calibration"])
+def test_int8_without_a_usable_image_writes_nothing(untrained_model_path, fer_tree, tmp_path, capsys, content):
+    val = tmp_path / "val"
+    (val / "happy").mkdir(parents=True)
+    if content == "bad files":
+        (val / "happy" / "notes.jpg").write_text("not an image\n")
+    calibration = []
+    if content == "calibration":  # a usable val, an empty calibration tree
+        val = fer_tree(classes=("happy",), per_class=2, split="val")
+        (tmp_path / "calib" / "happy").mkdir(parents=True)
+        calibration = ["--calibration", str(tmp_path / "calib")]
+    out = tmp_path / "out" / "m.onnx"
+    assert main(["export", str(untrained_model_path), "--out", str(out), "--int8", str(val), *calibration]) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    folder = tmp_path / "calib" if content == "calibration" else val
+    assert line == f"emorec export: error: {folder}: no valid image to calibrate and measure the int8 copy on"
+    assert not out.parent.exists()  # not even the float file
+
+
+def test_an_existing_int8_file_is_refused_before_the_float_file_is_written(untrained_model_path, fer_tree, tmp_path,
+                                                                            capsys):
+    out = tmp_path / "m.onnx"
+    int8_path(out).write_bytes(b"the user's file")
+    val = fer_tree(classes=("happy",), per_class=2, split="val")
+    assert main(["export", str(untrained_model_path), "--out", str(out), "--int8", str(val)]) == 1
+    assert "m.int8.onnx: already exists" in capsys.readouterr().err
+    assert not out.exists() and int8_path(out).read_bytes() == b"the user's file"

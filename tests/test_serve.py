@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import struct
+import threading
+import time
+import urllib.error
+import urllib.request
 import zlib
 
 import cv2
@@ -18,15 +23,15 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from emorec.cli import main  # noqa: E402
 from emorec.config import ServeConfig  # noqa: E402
-from emorec.serve import create_app, model_card_figures  # noqa: E402
+from emorec.serve import ByteBudget, create_app, decoded_bytes, model_card_figures  # noqa: E402
 
 
-def png_header_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A PNG whose header declares width x height pixels, with one tiny compressed row."""
+def png_header_bomb(width: int = 100_000, height: int = 100_000, depth: int = 8, color: int = 0) -> bytes:
+    """A PNG whose header declares width x height pixels (depth bits, colour type), with one tiny compressed row."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
 
 
@@ -133,6 +138,106 @@ def test_a_full_queue_answers_503_with_retry_after():
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         admission.leave()
         assert_still_serving(busy_client)
+
+
+def test_an_image_that_decodes_over_the_per_image_limit_gets_its_own_error(client):
+    sixteen_bit_rgb = png_header_bomb(8000, 8000, depth=16, color=2)  # 64 Mpx, under the pixel limit: 384 MB decoded
+    assert decoded_bytes(sixteen_bit_rgb) == 8000 * 8000 * 3 * 2
+    response = post(client, ("deep.png", sixteen_bit_rgb, "image/png"))
+    assert response.status_code == 422
+    [result] = response.json()
+    assert result["error"].startswith("deep.png: decodes to 366 MiB") and "limit per image" in result["error"]
+    assert_still_serving(client)
+
+
+def test_decoded_pixels_are_budgeted_across_requests():
+    app = create_app(ServeConfig(decode_mb=50))
+    with TestClient(app) as busy_client:
+        pixels = app.state.pixels
+        assert pixels.take(pixels.limit)  # other requests are decoding as much as the budget allows
+        response = post(busy_client, ("a.jpg", photo_bytes(), "image/jpeg"))
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "decoded" in response.json()["detail"]
+        pixels.give(pixels.limit)
+        assert_still_serving(busy_client)
+        assert pixels.used == 0  # every request gave its share back
+
+
+def test_a_request_waits_for_decoded_pixel_budget_to_come_back():
+    budget = ByteBudget(100)
+    assert budget.take(80)
+    waiting = threading.Thread(target=lambda: taken.append(budget.take(50, wait=60)))
+    taken: list[bool] = []
+    waiting.start()
+    assert not budget.take(50)  # no wait: refused at once
+    budget.give(80)
+    waiting.join(timeout=60)
+    assert taken == [True] and budget.used == 50
+
+
+@pytest.fixture(scope="module")
+def live():
+    """The real app on Uvicorn on a free loopback port: uploads up to 1 MB, 2 queue places, a 1 s grace period."""
+    uvicorn = pytest.importorskip("uvicorn")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = ServeConfig(port=port, max_upload_mb=1, queue=2, body_grace_s=1, min_upload_kbps=50)
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)  # polls a flag that has no event to wait on
+    assert server.started, "the server did not start"
+    yield port
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def multipart(name: str, payload: bytes) -> tuple[bytes, str]:
+    boundary = "emorec-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def urllib_post(port: int, name: str, payload: bytes) -> tuple[int, dict]:
+    body, content_type = multipart(name, payload)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=body,
+                                     headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_plain_clients_read_the_413_of_an_oversized_upload(live):
+    payload = bytes(30_000_000)  # more than the socket buffers hold: the server must read it to be heard
+    status, body = urllib_post(live, "big.png", payload)  # urllib sends the whole body before reading the answer
+    assert status == 413 and "over 1 MB" in body["detail"]
+    assert urllib_post(live, "a.jpg", photo_bytes())[0] == 200
+
+
+def test_slow_senders_lose_their_own_place_not_everyone_elses(live):
+    body, content_type = multipart("slow.jpg", photo_bytes())
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    slow = []
+    for _ in range(6):  # three times the queue
+        sender = socket.create_connection(("127.0.0.1", live), timeout=60)
+        sender.sendall(head + body[:100])  # ... and the rest never comes
+        slow.append(sender)
+    try:
+        status, results = urllib_post(live, "a.jpg", photo_bytes())
+        assert status == 200 and results[0]["faces"]
+        for sender in slow:  # each slow sender gets its 408 once the grace period is over
+            answer = b"".join(iter(lambda: sender.recv(4096), b""))  # until the server closes the connection
+            assert answer.startswith(b"HTTP/1.1 408") and b"KB/s" in answer
+    finally:
+        for sender in slow:
+            sender.close()
 
 
 def test_model_card_figures_read_the_results_table(tmp_path):

@@ -22,6 +22,7 @@ from emorec.config import (CHOICES, ENGINES, RECIPES, TTA_MODES, ConfigError, Ex
 from emorec.errors import EmorecError, UsageError
 from emorec.extras import missing_message
 from emorec.files import OutputPathError, escape_undecodable
+from emorec.progress import draw_bars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    draw_bars(getattr(args, "progress", False))
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(args.command)
@@ -135,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_explain(commands)
     _add_serve(commands)
+    for name, command in commands.choices.items():
+        if name != "serve":
+            command.add_argument("--progress", action="store_true", help="draw progress bars even when stderr is "
+                                 "not a terminal (each bar ends in one summary line either way)")
     return parser
 
 
@@ -520,16 +526,23 @@ def _add_export(commands) -> None:
 
 
 def _export(args) -> int:
-    from emorec.export import export_onnx, quantize_int8
+    from emorec.export import export_onnx, int8_path, load_int8_data, onnx_target, quantize_int8
+    from emorec.files import check_targets
+    from emorec.catalog import keras_path
+    from emorec.runtime import read_info
 
     if args.calibration and not args.int8:
         raise UsageError("--calibration goes with --int8 VAL")
+    int8_data = None
+    if args.int8:  # checked before anything is written
+        check_targets([int8_path(onnx_target(args.model, args.out))], args.exist_ok)
+        int8_data = load_int8_data(args.int8, read_info(keras_path(args.model)), args.calibration)
     result = export_onnx(args.model, args.out, overwrite=args.exist_ok)
     say(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB); on {result.check_images} check images "
           f"the largest probability difference from Keras is {result.max_difference:.1e}")
     if not args.int8:
         return 0
-    int8 = quantize_int8(result.path, args.int8, args.calibration, overwrite=args.exist_ok)
+    int8 = quantize_int8(result.path, args.int8, args.calibration, overwrite=args.exist_ok, data=int8_data)
     figures = f"val accuracy {int8.float_accuracy:.2%} float32, {int8.int8_accuracy:.2%} int8 on {int8.images} images"
     if int8.kept:
         say(f"wrote {int8.path} ({int8.path.stat().st_size / 2**20:.1f} MiB); {figures}")

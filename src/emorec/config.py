@@ -331,6 +331,11 @@ class ServeConfig:
     queue: int = _field(32, "requests admitted at once (running and waiting); more get 503 with Retry-After")
     max_upload_mb: float = _field(20.0, "largest request body in MB; larger uploads get 413")
     max_files: int = _field(32, "most files in one request")
+    decode_mb: float = _field(1024.0, "MB of decoded image pixels in flight across requests; more wait briefly, "
+                                      "then get 503 with Retry-After")
+    body_grace_s: float = _field(10.0, "seconds an upload may take before the minimum upload rate applies")
+    min_upload_kbps: float = _field(16.0, "slowest upload accepted once the grace seconds are over, in KB/s; "
+                                          "slower ones get 408")
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65_535)
@@ -338,6 +343,9 @@ class ServeConfig:
         _check_range("queue", self.queue, 1, 100_000)
         _check_range("max_upload_mb", self.max_upload_mb, 0.001, 10_000)
         _check_range("max_files", self.max_files, 1, 10_000)
+        _check_range("decode_mb", self.decode_mb, 1, 1_000_000)
+        _check_range("body_grace_s", self.body_grace_s, 0, 3600)
+        _check_range("min_upload_kbps", self.min_upload_kbps, 0.001, 1_000_000)
 
 
 @dataclass

@@ -171,9 +171,9 @@ def _walk_files(top: Path, report: ScanReport) -> list[Path]:
 def _progress(items: list, desc: str, enabled: bool) -> Iterable:
     if not enabled:
         return items
-    from tqdm import tqdm
+    from emorec.progress import bar
 
-    return tqdm(items, desc=desc, unit="file", leave=False)
+    return bar(items, desc=desc, unit="file")
 
 
 # ----------------------------------------------------------------------------

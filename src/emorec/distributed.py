@@ -57,6 +57,9 @@ FRAMES_PER_TASK = 300  # frames one decoding task reads from a video (10 s at 30
 CPUS_PER_ACTOR = 3  # default pool: one classifier per 3 CPUs (a face: ~10 ms of a core to classify, ~14 to find)
 ACTOR_CPUS = 0.5  # what an actor reserves: it waits for decoded faces most of the time
 PARQUET_NAME = "results.parquet"
+RAY_DEADLINE_S = 60.0  # to start a local Ray or connect to a cluster (a local start took ~10 s on 2 busy cores)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what a gRPC client sends first
+HTTP2_EMPTY_SETTINGS, HTTP2_SETTINGS = b"\0\0\0\x04\0\0\0\0\0", 4  # a settings frame, and its type
 
 
 class EngineError(EmorecError, ValueError):
@@ -258,9 +261,10 @@ def predict_dataset(dataset, model: str | None = None, detector: str = "auto", d
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, cpus: int = 0) -> Iterator[int]:
+def ray_session(address: str | None = None, cpus: int = 0, deadline: float = RAY_DEADLINE_S) -> Iterator[int]:
     """Connect to the Ray cluster at address (or $RAY_ADDRESS), else start a quiet local Ray with cpus CPUs
-    (0: all); yields the cluster's CPU count. A local Ray is shut down at the end."""
+    (0: all); yields the cluster's CPU count. Connecting gets `deadline` seconds, and so does starting a local
+    Ray (in the main thread). A local Ray is shut down at the end, also when it failed to start."""
     from emorec.extras import require
 
     require("ray", "--engine ray")
@@ -274,11 +278,14 @@ def ray_session(address: str | None = None, cpus: int = 0) -> Iterator[int]:
     try:
         with _interrupts_deferred() as interrupted:  # Ray stopped half-way leaves its helper processes behind
             if address:
-                _probe(address)
-                ray.init(address=address, **quiet)
+                _probe(address, min(deadline, 5.0))
+                _connect(address, quiet, deadline)
             else:
-                ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as error:
+                with _deadline(deadline):
+                    ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, **quiet)
+    except (ConnectionError, RuntimeError, ValueError, _DeadlinePassed) as error:
+        if not address:  # a local Ray started half-way: stop what it started
+            ray.shutdown()
         raise EngineError(f"cannot {'connect to Ray at ' + address if address else 'start a local Ray'}: "
                           f"{_last_line(error)}") from None
     try:
@@ -288,6 +295,57 @@ def ray_session(address: str | None = None, cpus: int = 0) -> Iterator[int]:
         yield int(ray.cluster_resources().get("CPU", 1))
     finally:
         ray.shutdown()
+
+
+def _connect(address: str, options: dict, deadline: float) -> None:
+    """ray.init(address) in a helper thread, given up after deadline seconds: Ray's client waits in C++
+    code for a minute or more at a time, where no signal can interrupt it."""
+    import threading
+
+    import ray
+
+    done, failures = threading.Event(), []
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, **options)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            failures.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=connect, name="emorec-ray-connect", daemon=True).start()
+    if not done.wait(deadline):
+        raise _DeadlinePassed(f"no answer within {deadline:g} s")
+    if failures:
+        raise failures[0]
+
+
+class _DeadlinePassed(BaseException):
+    """Raised into a Ray start-up or connection that took too long (not an Exception: Ray's retry loops
+    catch those and go on retrying)."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """_DeadlinePassed is raised in the block once `seconds` have passed (main thread only: it uses SIGALRM)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(*args):
+        raise _DeadlinePassed(f"no answer within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @contextlib.contextmanager
@@ -308,7 +366,10 @@ def _interrupts_deferred() -> Iterator[list]:
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
-    """ConnectionError unless host:port of a Ray address accepts connections: Ray itself retries for minutes."""
+    """ConnectionError unless host:port of a Ray address answers like Ray (gRPC: HTTP/2 settings) within timeout.
+
+    Ray itself retries for minutes on a port that is closed or that speaks another protocol.
+    """
     import socket
 
     if address == "auto":
@@ -317,9 +378,15 @@ def _probe(address: str, timeout: float = 5.0) -> None:
     if not host or not port.isdigit():
         raise EngineError(f"{address!r} is not HOST:PORT or ray://HOST:PORT")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+            connection.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
+            answer = connection.recv(9)
+    except socket.timeout:
+        raise ConnectionError(f"no answer from {host}:{port} within {timeout:g} s (not a Ray port?)") from None
     except OSError as error:
         raise ConnectionError(error.strerror or str(error) or "no answer") from None
+    if len(answer) < 9 or answer[3] != HTTP2_SETTINGS:  # every gRPC server opens with its settings frame
+        raise ConnectionError(f"{host}:{port} does not answer like Ray (no gRPC)")
 
 
 def _quiet_ray_data() -> None:
@@ -369,6 +436,8 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
     if not paths:
         return errors + video_jobs
     remote = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
+    if not remote:
+        _check_local_size(cfg, os.cpu_count() or 1)
     # A local Ray gets the actors' share on top of the CPUs that decode: an actor mostly waits for faces.
     decoding = cfg.cpus or os.cpu_count() or 1
     local_cpus = decoding + math.ceil((cfg.actors or default_actors(decoding)) * ACTOR_CPUS)
@@ -376,6 +445,8 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
         import ray.data
 
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows are matched to inputs
+        if remote and cfg.cpus > cpus:
+            raise ValueError(f"--cpus {cfg.cpus} is more than the {cpus} CPUs of the Ray cluster")
         actors = cfg.actors or default_actors(cpus)
         if actors * ACTOR_CPUS + 1 > cpus:  # else no CPU is left for decoding, and the job waits forever
             raise UsageError(f"--actors {actors} leaves no CPU for decoding on a Ray with {cpus} CPUs; "
@@ -391,6 +462,16 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
         except ray.exceptions.RayError as error:
             raise EngineError(f"the Ray job failed: {_last_line(error)}") from None
     return errors + results
+
+
+def _check_local_size(cfg: PredictConfig, machine: int) -> None:
+    """ValueError unless --cpus and --actors fit this machine: a local Ray starts a worker process per CPU
+    it is given (113 of them for --cpus 100000 on 2 cores, and the job never began)."""
+    if cfg.cpus > machine:
+        raise ValueError(f"--cpus {cfg.cpus} is more than the {machine} CPUs of this machine")
+    if cfg.actors * ACTOR_CPUS > machine:
+        raise ValueError(f"--actors {cfg.actors} is more than a local Ray on this machine's {machine} CPUs can run "
+                         f"(at most {int(machine / ACTOR_CPUS)})")
 
 
 @dataclass
@@ -422,10 +503,10 @@ def _video_jobs(videos: list[tuple[str, Path | None]], cfg: PredictConfig) -> li
 
 def _rows(dataset, total: int, progress: bool) -> Iterator[dict[str, Any]]:
     """The dataset's rows in order."""
-    from tqdm import tqdm
+    from emorec.progress import bar as progress_bar
 
-    with warnings.catch_warnings(), tqdm(total=total, desc="photos and videos", unit="item", leave=False,
-                                         disable=not progress) as bar:
+    with warnings.catch_warnings(), progress_bar(total=total, desc="photos and videos", unit="item",
+                                                 enabled=progress) as bar:
         warnings.simplefilter("ignore")  # Ray's deprecation notices are not the user's business
         last = None
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -350,9 +350,9 @@ def _hash_candidates(hashes: np.ndarray, progress: bool) -> np.ndarray:
     found = []
     starts = range(0, len(hashes), _BLOCK)
     if progress:
-        from tqdm import tqdm
+        from emorec.progress import bar
 
-        starts = tqdm(starts, desc="comparing", unit="block", leave=False)
+        starts = bar(starts, desc="comparing", unit="block")
     for start in starts:
         distances = np.bitwise_count(hashes[start:start + _BLOCK, None] ^ hashes[None, start:])
         rows, cols = np.nonzero(distances <= HASH_DISTANCE)

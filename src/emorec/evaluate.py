@@ -138,10 +138,10 @@ def evaluate_model(runtime: Runtime, source: str | Path, tta: bool | str = False
 
 
 def _predict(runtime: Runtime, images: np.ndarray, tta: bool | str, progress: bool) -> np.ndarray:
-    from tqdm import tqdm
+    from emorec.progress import bar as progress_bar
 
     parts = []
-    with tqdm(total=len(images), desc="predicting", unit="image", leave=False, disable=not progress) as bar:
+    with progress_bar(total=len(images), desc="predicting", unit="image", enabled=progress) as bar:
         for start in range(0, len(images), PREDICT_CHUNK):
             parts.append(probabilities(runtime, images[start:start + PREDICT_CHUNK], tta=tta))
             bar.update(len(parts[-1]))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from emorec import __version__
+from emorec.catalog import keras_path
 from emorec.files import OutputPathError
 from emorec.runtime import METADATA_KEY, ModelError, ModelInfo, OnnxModel, probabilities
 
@@ -46,16 +47,12 @@ def export_onnx(model: str | Path | None, out: str | Path | None = None, overwri
     ModelError (writing nothing) when the exported file's probabilities
     differ from Keras' by more than tolerance.
     """
-    from emorec.catalog import keras_path
     from emorec.model import load_model
 
-    source = keras_path(model)
-    out = Path(out) if out is not None else source.with_suffix(".onnx")
-    if out.suffix != ".onnx":
-        raise OutputPathError(f"{out}: ONNX files must end in .onnx")
+    out = onnx_target(model, out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (use --exist-ok to replace it)")
-    keras_model, info = load_model(source)
+    keras_model, info = load_model(keras_path(model))
     images = check_faces(info)
     expected = keras_probabilities(keras_model, info, images)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +65,14 @@ def export_onnx(model: str | Path | None, out: str | Path | None = None, overwri
     finally:
         tmp.unlink(missing_ok=True)
     return ExportResult(out, *result, len(images))
+
+
+def onnx_target(model: str | Path | None, out: str | Path | None = None) -> Path:
+    """Where export_onnx writes: out, or the `.keras` file's path with .onnx; OutputPathError for another suffix."""
+    out = Path(out) if out is not None else keras_path(model).with_suffix(".onnx")
+    if out.suffix != ".onnx":
+        raise OutputPathError(f"{out}: ONNX files must end in .onnx")
+    return out
 
 
 def keras_probabilities(keras_model, info: ModelInfo, images: np.ndarray) -> np.ndarray:
@@ -162,29 +167,55 @@ def int8_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.int8.onnx")
 
 
+@dataclass
+class Int8Data:
+    """Labelled images to measure an int8 copy on, and the samples that calibrate its ranges."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    samples: np.ndarray
+
+
+def load_int8_data(val: str | Path, info: ModelInfo, calibration: str | Path | None = None,
+                   progress: bool = True) -> Int8Data:
+    """The val images (and calibration samples, default: val) for quantize_int8, loaded for the model info.
+
+    Raises DatasetError naming the folder when it holds no usable image, so
+    that a command can check its inputs before it writes anything.
+    """
+    from emorec.data import DatasetError
+    from emorec.evaluate import load_eval_data
+
+    images, labels = load_eval_data(val, info.class_names, info.image_size, info.channels, progress)
+    samples = images if calibration is None else load_eval_data(calibration, info.class_names, info.image_size,
+                                                                 info.channels, progress)[0]
+    for folder, found in ((val, images), (calibration, samples)):
+        if not len(found):
+            raise DatasetError(f"{folder}: no valid image to calibrate and measure the int8 copy on")
+    return Int8Data(images, labels, samples)
+
+
 def quantize_int8(onnx_path: str | Path, val: str | Path, calibration: str | Path | None = None,
-                  overwrite: bool = False, margin: float = INT8_MARGIN, progress: bool = True) -> QuantizeResult:
+                  overwrite: bool = False, margin: float = INT8_MARGIN, progress: bool = True,
+                  data: Int8Data | None = None) -> QuantizeResult:
     """Quantize an emorec ONNX file to int8 and keep the copy only if it is as accurate as the float one.
 
     Calibration uses up to CALIBRATION_IMAGES images of `calibration` (a
     class-folder tree; default: val), drawn with a fixed seed. Both models
     are then evaluated on every image of val; the int8 file (NAME.int8.onnx)
     is written only when its accuracy is at most `margin` points below the
-    float model's.
+    float model's. data: val and calibration already loaded by load_int8_data.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from emorec.evaluate import load_eval_data
 
     source, out = Path(onnx_path), int8_path(onnx_path)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (use --exist-ok to replace it)")
     float_model = OnnxModel(source)
     info = float_model.info
-    images, labels = load_eval_data(val, info.class_names, info.image_size, info.channels, progress)
-    samples = images if calibration is None else load_eval_data(calibration, info.class_names, info.image_size,
-                                                                 info.channels, progress)[0]
+    data = data or load_int8_data(val, info, calibration, progress)
+    images, labels, samples = data.images, data.labels, data.samples
     picked = np.random.default_rng(0).permutation(len(samples))[:CALIBRATION_IMAGES]
     batches = [{float_model.input_name: samples[picked[i : i + 32]].astype(np.float32)} for i in range(0, len(picked), 32)]
 

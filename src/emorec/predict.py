@@ -141,9 +141,9 @@ def error_line(path: Path, error: Exception) -> str:
 
 
 def _photos_bar(total: int, enabled: bool):
-    from tqdm import tqdm
+    from emorec.progress import bar
 
-    return tqdm(total=total, desc="photos", unit="img", leave=False, disable=not (enabled and total > 1))
+    return bar(total=total, desc="photos", unit="img", enabled=enabled and total > 1)
 
 
 # ----------------------------------------------------------------------------

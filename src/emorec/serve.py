@@ -9,31 +9,44 @@
     GET  /docs         the OpenAPI page
 
 Bad requests never hurt the service: a body over `max_upload_mb` gets 413
-before it is read, a file that is not a usable image gets its own `error`
-(422 when every file failed), and the sizes in image headers are checked
-before decoding (the reader of `emorec check`). Inference runs on
-`workers` threads; at most `queue` requests are admitted at once, the
-others get 503 with Retry-After. Needs the `serve` extra (FastAPI, Uvicorn).
+(after what the client sent is read and dropped, up to a bound), a body
+that arrives slower than `min_upload_kbps` after `body_grace_s` gets 408
+and never holds a place in the queue, a file that is not a usable image
+gets its own `error` (422 when every file failed), and the sizes in image
+headers are checked before decoding (the reader of `emorec check`).
+Decoded pixels are budgeted across requests (`decode_mb`, read from the
+headers first): a request waits briefly for its share, then gets 503 with
+Retry-After, and one image over MAX_DECODED_BYTES gets its own error.
+Inference runs on `workers` threads; at most `queue` requests are admitted
+at once, the others get 503 with Retry-After. Needs the `serve` extra
+(FastAPI, Uvicorn).
 """
 
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import re
 import tempfile
 import threading
+import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from emorec import __version__
 from emorec.config import ServeConfig, tta_mode
-from emorec.images import ImageReadError, read_image
+from emorec.images import MAX_PIXELS, ImageReadError, read_image
 from emorec.recognizer import Prepared, Recognizer
 from emorec.results import ImageResult
 
 WEB = Path(__file__).parent / "web"
+MAX_DECODED_BYTES = 256 * 2**20  # one image's pixels, decoded: the reader's per-image byte budget
+DECODE_WAIT_S = 2.0  # how long a request waits for decoded-pixel budget before its 503
+DISCARD_BYTES = 128 * 2**20  # a refused body is read and dropped up to this size, then the socket closes
 
 
 class Admission:
@@ -56,43 +69,119 @@ class Admission:
             self.count -= 1
 
 
-class UploadGate:
-    """ASGI middleware in front of uploads: 503 when `admission` is full, 413 for a body over `limit` bytes.
+class ByteBudget:
+    """Bytes in flight across requests (upload bodies, decoded pixels): taken before use, given back after."""
 
-    A request is admitted (or refused with Retry-After) before its body is
-    read; the body is then read here, up to the limit, before the
-    application parses it. Memory for uploads is therefore bounded by
-    queue x limit, however many clients connect.
+    def __init__(self, limit: int):
+        self.limit, self.used, self.changed = limit, 0, threading.Condition()
+
+    def take(self, amount: int, wait: float = 0.0) -> bool:
+        """Take amount bytes, waiting up to `wait` seconds for others to give theirs back; True if taken."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.used + amount <= self.limit, timeout=wait):
+                return False
+            self.used += amount
+            return True
+
+    def give(self, amount: int) -> None:
+        """Give back bytes taken earlier."""
+        with self.changed:
+            self.used -= amount
+            self.changed.notify_all()
+
+
+class Refused(Exception):
+    """An upload answered before the application sees it: status, one-line reason, extra headers."""
+
+    def __init__(self, status: int, detail: str, headers: list | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers or []
+
+
+class UploadGate:
+    """ASGI middleware in front of uploads: reads the body under a deadline, then admits the request.
+
+    The body is read first, so a client that sends slowly holds no place in
+    the queue, and it must keep up `min_rate` bytes per second once `grace`
+    seconds have passed (else 408). Bodies being read share `bodies`
+    (queue x limit bytes; more get 503), and admitted ones are at most
+    queue x limit more, so memory for uploads stays bounded however many
+    clients connect. A body over `limit` bytes gets 413 after what the
+    client sends is read and dropped (up to DISCARD_BYTES), so that clients
+    that send the whole body before reading the answer (Python's urllib)
+    read the 413 rather than a reset connection. Then the request is
+    admitted, or refused with 503 and Retry-After when `admission` is full.
     """
 
-    def __init__(self, app, limit: int, admission: Admission, paths: tuple[str, ...] = ("/v1/predict",)):
+    def __init__(self, app, limit: int, admission: Admission, grace: float = 10.0, min_rate: float = 16_000,
+                 paths: tuple[str, ...] = ("/v1/predict",)):
         self.app, self.limit, self.admission, self.paths = app, limit, admission, paths
+        self.grace, self.min_rate = grace, min_rate
+        self.bodies = ByteBudget(admission.limit * limit)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await _answer(send, 413, f"request body over {self.limit / 1e6:g} MB")
-        if not self.admission.enter():
-            return await _answer(send, 503, "busy: too many requests in the queue", [(b"retry-after", b"1")])
+        held = [0]
         try:
-            messages, seen = [], 0
-            while True:
-                message = await receive()
-                messages.append(message)
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    return await _answer(send, 413, f"request body over {self.limit / 1e6:g} MB")
-                if message["type"] != "http.request" or not message.get("more_body", False):
-                    break
-
+            messages = await self._read_body(scope, receive, held)
+            if not self.admission.enter():
+                raise Refused(503, "busy: too many requests in the queue", [(b"retry-after", b"1")])
+        except Refused as refusal:
+            return await _answer(send, refusal.status, refusal.detail, [*refusal.headers, (b"connection", b"close")])
+        finally:
+            self.bodies.give(held[0])
+            held[0] = 0
+        try:
             async def replay():
                 return messages.pop(0) if messages else await receive()
 
             await self.app(scope, replay, send)
         finally:
             self.admission.leave()
+
+    async def _read_body(self, scope, receive, held: list[int]) -> list[dict]:
+        """The request's messages, its body complete; Refused (413, 408, 503) when it cannot be taken."""
+        headers = dict(scope.get("headers", []))
+        length = headers.get(b"content-length", b"")
+        too_large = Refused(413, f"request body over {self.limit / 1e6:g} MB")
+        if length.isdigit() and int(length) > self.limit:
+            if headers.get(b"expect", b"").lower() != b"100-continue":  # else the client has sent nothing yet
+                await self._discard(receive, int(length))
+            raise too_large
+        messages, seen, started = [], 0, time.monotonic()
+        while True:
+            message = await self._receive_in_time(receive, seen, started)
+            messages.append(message)
+            size = len(message.get("body", b""))
+            seen += size
+            if seen > self.limit:
+                await self._discard(receive, seen)
+                raise too_large
+            if not self.bodies.take(size):
+                await self._discard(receive, seen)
+                raise Refused(503, "busy: too many uploads in progress", [(b"retry-after", b"1")])
+            held[0] += size
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return messages
+
+    async def _receive_in_time(self, receive, seen: int, started: float) -> dict:
+        """The next message, unless the body falls behind min_rate after the grace period (then 408)."""
+        left = started + self.grace + seen / self.min_rate - time.monotonic()
+        try:
+            return await asyncio.wait_for(receive(), timeout=max(left, 0.001))
+        except asyncio.TimeoutError:
+            raise Refused(408, f"request body arrived slower than {self.min_rate / 1000:g} KB/s") from None
+
+    async def _discard(self, receive, seen: int) -> None:
+        """Read and drop the rest of a refused body, up to DISCARD_BYTES and within the rate deadline."""
+        started, dropped = time.monotonic(), 0
+        with contextlib.suppress(Refused):
+            while seen + dropped <= DISCARD_BYTES:
+                message = await self._receive_in_time(receive, dropped, started)
+                dropped += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
 
 
 async def _answer(send, status: int, detail: str, headers: list | None = None) -> None:
@@ -103,18 +192,84 @@ async def _answer(send, status: int, detail: str, headers: list | None = None) -
     await send({"type": "http.response.body", "body": body})
 
 
-def recognize_uploads(recognizer: Recognizer, uploads: list[tuple[str, bytes]]) -> list[ImageResult]:
-    """One ImageResult per (file name, bytes), in order; the faces of all files share one model call."""
-    prepared: list[tuple[int, Prepared]] = []
+class Busy(Exception):
+    """The decoded-pixel budget stayed full while a request waited for its share."""
+
+
+def recognize_uploads(recognizer: Recognizer, uploads: list[tuple[str, bytes]], budget: ByteBudget | None = None,
+                      wait: float = 0.0) -> list[ImageResult]:
+    """One ImageResult per (file name, bytes), in order; the faces of all files share one model call.
+
+    Files are decoded one at a time, so a request needs the decoded size of
+    its largest file, read from the headers before anything is decoded: that
+    much is taken from budget (waiting up to `wait` seconds, else Busy) for
+    the time of the decoding. A file that alone would decode to more than
+    MAX_DECODED_BYTES (or the whole budget) gets its own error instead.
+    """
     results = [ImageResult(name) for name, _ in uploads]
-    for index, (name, payload) in enumerate(uploads):
-        try:
-            prepared.append((index, recognizer.prepare(decode_upload(name, payload))))
-        except (ImageReadError, ValueError) as error:
-            results[index].error = str(error)
+    needed = _refuse_oversized(results, [decoded_bytes(payload) for _, payload in uploads],
+                               min(MAX_DECODED_BYTES, budget.limit) if budget else MAX_DECODED_BYTES)
+    if budget is not None and not budget.take(needed, wait):
+        raise Busy
+    try:
+        prepared = _prepare(recognizer, uploads, results)
+    finally:
+        if budget is not None:
+            budget.give(needed)
     for (index, _), faces in zip(prepared, recognizer.classify_prepared([item for _, item in prepared])):
         results[index].faces = faces
     return results
+
+
+def _refuse_oversized(results: list[ImageResult], sizes: list[int], largest: int) -> int:
+    """Set the error of each file that decodes to more than `largest` bytes; the largest size left."""
+    for result, size in zip(results, sizes):
+        if size > largest:
+            result.error = (f"{result.source}: decodes to {size / 2**20:,.0f} MiB of pixels, over the "
+                            f"{largest / 2**20:,.0f} MiB limit per image")
+    return max((size for result, size in zip(results, sizes) if result.error is None), default=0)
+
+
+def _prepare(recognizer: Recognizer, uploads: list[tuple[str, bytes]],
+             results: list[ImageResult]) -> list[tuple[int, Prepared]]:
+    """Decode and crop the files without an error yet, one at a time; a file that fails gets its error."""
+    prepared: list[tuple[int, Prepared]] = []
+    for index, (name, payload) in enumerate(uploads):
+        if results[index].error is None:
+            try:
+                prepared.append((index, recognizer.prepare(decode_upload(name, payload))))
+            except (ImageReadError, ValueError) as error:
+                results[index].error = str(error)
+            except MemoryError:
+                results[index].error = f"{name}: not enough memory to decode it now (try again later)"
+    return prepared
+
+
+def decoded_bytes(payload: bytes) -> int:
+    """Bytes of pixels the reader allocates to decode an image, from its header: width x height x channels x
+    bytes per sample (at least 3 channels: the reader always ends in BGR). 0 for bytes that have no readable
+    header (the reader itself then names the problem)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(payload)) as image:
+                (width, height), kind, bands = image.size, image.format, len(image.getbands())
+                sample = 2 if _sixteen_bit(image, payload) else 1
+    except Exception:  # noqa: BLE001 - Pillow raises many types on hostile bytes; the reader reports them
+        return 0
+    pixels = min(width * height, MAX_PIXELS) if kind in ("JPEG", "MPO") else width * height  # big JPEGs: reduced
+    return pixels * max(bands, 3) * sample
+
+
+def _sixteen_bit(image, payload: bytes) -> bool:
+    """Whether an opened image stores 16 bits per sample (Pillow shows 16-bit colour PNGs as 8-bit modes)."""
+    if image.format == "PNG":
+        return payload[24:25] == b"\x10"  # IHDR bit depth
+    if image.format == "TIFF":
+        return max(image.tag_v2.get(258, (8,)) or (8,)) > 8  # BitsPerSample
+    return image.mode.startswith("I;16")
 
 
 def decode_upload(name: str, payload: bytes):
@@ -157,6 +312,7 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
 
     state: dict = {}
     admission = Admission(cfg.queue)
+    pixels = ByteBudget(int(cfg.decode_mb * 1e6))
     pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="emorec-infer")
 
     @asynccontextmanager
@@ -167,8 +323,9 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
 
     app = FastAPI(title="emorec", version=__version__, lifespan=lifespan,
                   description="Facial emotion recognition: faces, boxes and the probability of each emotion.")
-    app.state.admission = admission
-    app.add_middleware(UploadGate, limit=int(cfg.max_upload_mb * 1e6), admission=admission)
+    app.state.admission, app.state.pixels = admission, pixels
+    app.add_middleware(UploadGate, limit=int(cfg.max_upload_mb * 1e6), admission=admission, grace=cfg.body_grace_s,
+                       min_rate=cfg.min_upload_kbps * 1000)
 
     @app.get("/healthz")
     def healthz():
@@ -198,7 +355,11 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
             raise HTTPException(413, f"at most {cfg.max_files} files per request")
         uploads = [(file.filename or f"file{i + 1}", await file.read()) for i, file in enumerate(files)]
         rec = state["recognizer"].with_options(tta=mode, detect=detect)
-        results = await asyncio.get_running_loop().run_in_executor(pool, recognize_uploads, rec, uploads)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(pool, recognize_uploads, rec, uploads,
+                                                                       pixels, DECODE_WAIT_S)
+        except Busy:
+            raise HTTPException(503, "busy: too many images being decoded", {"Retry-After": "1"}) from None
         body = [result.to_dict() for result in results]
         return JSONResponse(body, status_code=422 if all(r.error for r in results) else 200)
 

@@ -147,9 +147,9 @@ def _analyze(source, cfg: PredictConfig, csv_path, annotated_path, recognizer: R
 
 
 def _frames_bar(total: int, enabled: bool):
-    from tqdm import tqdm
+    from emorec.progress import bar
 
-    return tqdm(total=total if total > 0 else None, desc="frames", unit="frame", leave=False, disable=not enabled)
+    return bar(total=total if total > 0 else None, desc="frames", unit="frame", enabled=enabled)
 
 
 def _video_loop(capture, recognizer: Recognizer, cfg: PredictConfig, summary: VideoSummary, people: "VideoTracks",
