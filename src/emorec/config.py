@@ -407,7 +407,8 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
             return converted
     if name == "devices" and _as_kind(value, int) is not _MISMATCH:
         return value  # a count of devices may be written as a number; _check_devices reads it
-    expected = " or ".join(_KIND_NAMES.get(kind, getattr(kind, "__name__", str(kind))) for kind in kinds)
+    expected = " or ".join(_KIND_NAMES.get(kind, "a mapping" if typing.get_origin(kind) is dict else str(kind))
+                           for kind in kinds)
     problem = f"expected {expected}, got {_short(value)} ({_type_name(value)})"
     raise ConfigError(f"{name}: {problem}", name, problem)
 
@@ -431,6 +432,8 @@ def _as_kind(value: Any, kind: Any) -> Any:
         return float(value) if isinstance(value, (int, float)) else _MISMATCH
     if kind is str:
         return os.fspath(value) if isinstance(value, (str, os.PathLike)) else _MISMATCH
+    if kind is dict or typing.get_origin(kind) is dict:
+        return value if isinstance(value, dict) else _MISMATCH
     if typing.get_origin(kind) is list:
         if isinstance(value, (list, tuple)) and all(isinstance(item, (str, os.PathLike)) for item in value):
             return [os.fspath(item) for item in value]

@@ -25,6 +25,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import os
 import shutil
 import sys
 import time
@@ -37,18 +38,25 @@ import numpy as np
 import keras
 
 from emorec import data as data_lib
-from emorec.config import ConfigError, TrainConfig, read_config_file
+from emorec.config import ConfigError, TrainConfig, check_types, read_config_file
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
-from emorec.files import atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
+from emorec.files import (InputFileError, atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, read_limited,
+                          save_figure, stat_regular, write_json)
 from emorec.labels import LabelledImages, label_report, read_label_file
 from emorec.model import (ModelInfo, build_model, inference_copy, load_model, load_weights_from, model_path,
                           predict_probabilities, read_info, save_model, undo_class_weights)
 
 RESUME_DIR = "resume"
+LOCK_FILE = ".emorec.lock"  # held (flock) by the one process training in a run folder
+MAX_STATE_BYTES = 64 * 2**20  # state.json holds a few numbers per epoch
 
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the run folder keeps the last good epoch."""
+
+
+class ResumeError(ValueError):
+    """A run folder whose saved state does not let the run go on; the message names the file and why."""
 
 
 class RunInterrupted(Exception):
@@ -89,10 +97,82 @@ class RunState:
     callbacks: dict[str, dict] = field(default_factory=dict)  # counters of early stopping and plateau
 
     @classmethod
-    def load(cls, run_dir: Path) -> "RunState":
-        """The saved state of run_dir, or a fresh one when no epoch was completed."""
+    def load(cls, run_dir: Path, epochs: int | None = None) -> "RunState":
+        """The saved state of run_dir, checked like a config (types, known keys, 0 <= epoch <= epochs, a readable
+        weights file), or a fresh one when no epoch was completed.
+
+        Raises ResumeError naming resume/state.json (or the weights file) when the run cannot go on from it.
+        """
         path = run_dir / RESUME_DIR / "state.json"
-        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+        if not os.path.lexists(path):
+            if (run_dir / "weights" / "last.keras").is_file():
+                raise ResumeError(f"{path}: missing, though the run has completed epochs; cannot tell where to go on "
+                                  "(train again with --exist-ok, or start a new run)")
+            return cls()
+        try:
+            values = json.loads(read_limited(path, MAX_STATE_BYTES))
+        except InputFileError as error:
+            raise ResumeError(f"{error}; the run cannot be resumed") from None
+        except (ValueError, RecursionError):
+            raise ResumeError(f"{path}: not valid JSON; the run cannot be resumed") from None
+        return cls.from_dict(values, path, epochs)
+
+    @classmethod
+    def from_dict(cls, values, path: Path, epochs: int | None = None) -> "RunState":
+        """A state from the values of a state.json at path; ResumeError naming path and the key at fault."""
+        known = {item.name for item in dataclasses.fields(cls)}
+        if not isinstance(values, dict) or set(values) - known:
+            extra = ", ".join(sorted(map(str, set(values) - known))) if isinstance(values, dict) else ""
+            raise ResumeError(f"{path}: expected a mapping of {', '.join(sorted(known))}"
+                              + (f"; unknown key(s): {extra}" if extra else ""))
+        try:
+            state = cls(**values)
+            check_types(state)
+            state._check(epochs)
+        except ConfigError as error:
+            raise ResumeError(f"{path}: {error}; the run cannot be resumed") from None
+        if epochs is not None and state.epoch:  # resuming: the weights it names must load
+            _check_weights_file(path.parent, state.weights)
+        return state
+
+    def _check(self, epochs: int | None) -> None:
+        if not 0 <= self.epoch <= (epochs if epochs is not None else self.epoch):
+            raise ConfigError(f"epoch: {self.epoch} is not a completed epoch count of a {epochs}-epoch run", "epoch")
+        for key, values in self.history.items():
+            if not (isinstance(values, list) and len(values) == self.epoch
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                raise ConfigError(f"history: {key!r} is not a list of {self.epoch} numbers", "history")
+        if self.seconds < 0 or not all(isinstance(v, dict) for v in self.callbacks.values()):
+            raise ConfigError("seconds or callbacks: negative time or counters that are not mappings", "callbacks")
+
+
+def _check_weights_file(folder: Path, name: str) -> None:
+    """Raise ResumeError unless name is a readable weights file in folder (HDF5, as Keras writes it)."""
+    import h5py
+
+    if not name or Path(name).name != name or not name.endswith(".weights.h5"):
+        raise ResumeError(f"{folder / 'state.json'}: weights: {name!r} is not the name of a .weights.h5 file in {folder}")
+    path = folder / name
+    try:
+        stat_regular(path)
+        with h5py.File(path, "r"):
+            pass
+    except (InputFileError, OSError) as error:
+        reason = str(error).split(": ", 1)[-1] if isinstance(error, InputFileError) else "truncated or not HDF5"
+        raise ResumeError(f"{path}: cannot be read ({reason}); the run cannot be resumed from it") from None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold the run folder's lock for the block: a second train or resume into the same folder fails at once."""
+    import fcntl
+
+    with open(run_dir / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ResumeError(f"{run_dir}: already running in another process (its {LOCK_FILE} is locked)") from None
+        yield
 
 
 @dataclass
@@ -527,9 +607,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
         read_info(model_path(cfg.weights))  # a missing or foreign file fails before the data loads
     sources = check_training_data(cfg, progress)
     run_dir = new_run_dir(cfg.project, cfg.run_name, cfg.exist_ok)
-    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # a reused folder's unfinished run starts over
-    cfg.save(run_dir / "config.json")
-    return _run(cfg, sources, run_dir, RunState(), progress, discard_on_failure=not cfg.exist_ok)
+    with run_lock(run_dir):
+        shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # a reused folder's unfinished run starts over
+        cfg.save(run_dir / "config.json")
+        return _run(cfg, sources, run_dir, RunState(), progress, discard_on_failure=not cfg.exist_ok)
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
@@ -542,14 +623,19 @@ def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
     if not (run_dir / RESUME_DIR).is_dir() and (run_dir / "eval.json").is_file():
         raise ValueError(f"{run_dir}: the run is complete; nothing to resume")
     values = read_config_file(run_dir / "config.json")
-    cfg = train_config(values.pop("recipe", ""), **values)
+    try:
+        cfg = train_config(values.pop("recipe", ""), **values)
+    except ConfigError as error:
+        raise ConfigError(f"{run_dir / 'config.json'}: {error}") from None
     data_parallel(cfg)
-    sources = check_training_data(cfg, progress)
-    last = run_dir / "weights" / "last.keras"
-    if last.is_file() and read_info(last).class_names != sources.class_names:
-        raise data_lib.DatasetError(f"{cfg.data}: classes {sources.class_names} are no longer the run's "
-                                    f"{read_info(last).class_names}; the run cannot go on with this data")
-    return _run(cfg, sources, run_dir, RunState.load(run_dir), progress, discard_on_failure=False)
+    with run_lock(run_dir):
+        state = RunState.load(run_dir, cfg.epochs)
+        sources = check_training_data(cfg, progress)
+        last = run_dir / "weights" / "last.keras"
+        if last.is_file() and read_info(last).class_names != sources.class_names:
+            raise data_lib.DatasetError(f"{cfg.data}: classes {sources.class_names} are no longer the run's "
+                                        f"{read_info(last).class_names}; the run cannot go on with this data")
+        return _run(cfg, sources, run_dir, state, progress, discard_on_failure=False)
 
 
 def _run(cfg: TrainConfig, sources: TrainingSources, run_dir: Path, state: RunState, progress: bool,
@@ -563,12 +649,20 @@ def _run(cfg: TrainConfig, sources: TrainingSources, run_dir: Path, state: RunSt
         finally:
             _remove(data.cleanup)
     except BaseException as error:
-        done = RunState.load(run_dir).epoch
+        done = _epochs_done(run_dir)
         if done == 0 and discard_on_failure:  # nothing worth keeping: leave no empty run folder
             shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(error, KeyboardInterrupt):
             raise RunInterrupted(run_dir if run_dir.exists() else None, done) from error
         raise
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """Completed epochs of a run that just stopped (0 when its state cannot be read)."""
+    try:
+        return RunState.load(run_dir).epoch
+    except ResumeError:
+        return 0
 
 
 class _Run:
@@ -690,7 +784,7 @@ def _fit(cfg: TrainConfig, data: TrainingData, batches: TrainingData, run_dir: P
                   metrics=["accuracy"])
     if state.epoch:
         model.optimizer.build(model.trainable_variables)
-        model.load_weights(run_dir / RESUME_DIR / state.weights)  # weights, step, schedule position, EMA
+        _load_training_weights(model, run_dir / RESUME_DIR / state.weights)
     weights = class_weights(data.class_counts, cfg.class_weight)
     undone = list(weights.values()) if weights else None  # in class order
     run = _Run(cfg, run_dir, data.class_names, undone, resumed=state.epoch > 0)
@@ -707,6 +801,15 @@ def _fit(cfg: TrainConfig, data: TrainingData, batches: TrainingData, run_dir: P
         else:
             model.fit(batches.train, validation_data=batches.val, shuffle=False, **fit_args)  # reshuffled by tf.data
     return run, checkpoint
+
+
+def _load_training_weights(model: keras.Model, path: Path) -> None:
+    """The weights, step, schedule position and EMA of a run's last completed epoch; ResumeError if they do not fit."""
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ResumeError(f"{path}: cannot be loaded into this run's model ({reason})") from None
 
 
 @contextlib.contextmanager
