@@ -98,17 +98,15 @@ class RunState:
 
     @classmethod
     def load(cls, run_dir: Path, epochs: int | None = None) -> "RunState":
-        """The saved state of run_dir, checked like a config (types, known keys, 0 <= epoch <= epochs, a readable
-        weights file), or a fresh one when no epoch was completed.
+        """The saved state of run_dir, checked like a config (types, known keys, 0 <= epoch <= epochs, and
+        when epochs is given, a readable weights file). `train` writes it before the first epoch.
 
         Raises ResumeError naming resume/state.json (or the weights file) when the run cannot go on from it.
         """
         path = run_dir / RESUME_DIR / "state.json"
         if not os.path.lexists(path):
-            if (run_dir / "weights" / "last.keras").is_file():
-                raise ResumeError(f"{path}: missing, though the run has completed epochs; cannot tell where to go on "
-                                  "(train again with --exist-ok, or start a new run)")
-            return cls()
+            raise ResumeError(f"{path}: missing, so where the run stands is unknown; it cannot be resumed "
+                              "(train again into it with --exist-ok, or start a new run)")
         try:
             values = json.loads(read_limited(path, MAX_STATE_BYTES))
         except InputFileError as error:
@@ -134,6 +132,11 @@ class RunState:
         if epochs is not None and state.epoch:  # resuming: the weights it names must load
             _check_weights_file(path.parent, state.weights)
         return state
+
+    def save(self, run_dir: Path) -> None:
+        """Write resume/state.json of run_dir (atomically)."""
+        (run_dir / RESUME_DIR).mkdir(exist_ok=True)
+        write_json(run_dir / RESUME_DIR / "state.json", asdict(self))
 
     def _check(self, epochs: int | None) -> None:
         if not 0 <= self.epoch <= (epochs if epochs is not None else self.epoch):
@@ -312,16 +315,17 @@ def _check_classes(report: data_lib.ScanReport, source) -> None:
 
 
 def _pack_arrays(cfg: TrainConfig) -> tuple[data_lib.ArrayData, data_lib.ArrayData]:
-    splits = data_lib.load_pack(cfg.data)
+    splits = data_lib.load_pack(cfg.data, ["train"] if cfg.val else ["train", "val"])
     if "train" not in splits:
-        raise data_lib.DatasetError(f"{cfg.data}: no 'train' split (it has: {', '.join(splits)})")
+        raise data_lib.DatasetError(f"{cfg.data}: no 'train' split (it has: {', '.join(data_lib.pack_splits(cfg.data))})")
     train, sources = splits["train"], {"train": cfg.data}
     if cfg.val:
-        if not data_lib.is_pack(cfg.val) or "val" not in data_lib.load_pack(cfg.val):
+        val_split = data_lib.load_pack(cfg.val, ["val"]).get("val") if data_lib.is_pack(cfg.val) else None
+        if val_split is None:
             raise data_lib.DatasetError(f"{cfg.val}: a pack's training data needs a pack with a 'val' split as --val")
         if Path(cfg.val).resolve() == Path(cfg.data).resolve():
             warnings.warn(f"{cfg.val}: the validation pack is the training pack", stacklevel=3)
-        val, sources["val"] = data_lib.load_pack(cfg.val)["val"], cfg.val
+        val, sources["val"] = val_split, cfg.val
     elif "val" in splits:
         val, sources["val"] = splits["val"], f"{cfg.data} (its 'val' split)"
     else:
@@ -553,14 +557,13 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def _save_state(self):
         folder = self.run.dir / RESUME_DIR
-        folder.mkdir(exist_ok=True)
         name = f"epoch-{self.state.epoch:04d}.weights.h5"
         with atomic_path(folder / name, suffix=".weights.h5") as tmp:  # fsynced before state.json names it
             self.model.save_weights(tmp)
         self.state.weights = name
         self.state.callbacks = {type(cb).__name__: {k: _plain(getattr(cb, k)) for k in self.STATEFUL if hasattr(cb, k)}
                                 for cb in self.others if isinstance(cb, self.COUNTED)}
-        write_json(folder / "state.json", asdict(self.state))
+        self.state.save(self.run.dir)
         for old in folder.glob("epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink()
@@ -610,6 +613,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
     with run_lock(run_dir):
         shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # a reused folder's unfinished run starts over
         cfg.save(run_dir / "config.json")
+        RunState().save(run_dir)  # a run killed before its first epoch ends resumes from the start
         return _run(cfg, sources, run_dir, RunState(), progress, discard_on_failure=not cfg.exist_ok)
 
 
