@@ -245,6 +245,10 @@ def _labelled(cfg: TrainConfig, reports: list[data_lib.ScanReport]) -> list[Labe
         raise data_lib.DatasetError(f"{cfg.val_labels}: classes {labelled[1].class_names} differ from {cfg.labels}'s {names}")
     if not len(labelled[0].targets(cfg.targets, cfg.unsure)[0]):
         raise data_lib.DatasetError(f"{cfg.labels}: no image of {cfg.data} has a usable label")
+    val_file, val_images = (cfg.val_labels, labelled[1]) if len(labelled) > 1 else (cfg.labels, labelled[0])
+    if not (val_images.majority >= 0).any():  # validation scores the majority label
+        raise data_lib.DatasetError(f"{val_file}: no validation image has a majority label, so none can be scored "
+                                    "(validation needs rows where one class has more than half the votes)")
     return labelled
 
 
@@ -365,9 +369,12 @@ def _from_label_files(cfg: TrainConfig, labelled: list[LabelledImages], progress
         held_out = held_out[train.majority[keep[held_out]] >= 0]  # scored on the majority, like a val file
         val_images, val_labels = images[held_out], train.majority[keep[held_out]]
         images, targets = images[kept], targets[kept]
+    if not len(val_labels):
+        raise data_lib.DatasetError(f"{cfg.labels}: no held-out validation image has a majority label; "
+                                    "raise --val-split or give --val and --val-labels")
     num_classes = len(train.class_names)
     return TrainingData(
-        train=(images, targets),
+        train=(images, _as_model_targets(targets)),
         val=(val_images, _targets(val_labels, num_classes)),
         val_arrays=(val_images, val_labels),
         class_names=train.class_names,
@@ -388,6 +395,11 @@ def _split_order(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     order = np.random.default_rng(seed).permutation(count)
     cut = int(round(count * (1 - fraction)))
     return order[:cut], order[cut:]
+
+
+def _as_model_targets(distributions: np.ndarray) -> np.ndarray:
+    """Class distributions as the model's output takes them: two classes are one sigmoid, p(second class)."""
+    return distributions[:, 1:] if distributions.shape[1] == 2 else distributions
 
 
 def _targets(labels: np.ndarray, num_classes: int) -> np.ndarray:
