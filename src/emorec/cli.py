@@ -284,7 +284,7 @@ def _add_show(commands) -> None:
     cmd.add_argument("data", help="folder with one sub-folder per class")
     cmd.add_argument("--out", default="samples.png", help="PNG for the sample grid (the chart goes to *_counts.png)")
     cmd.add_argument("--per-class", type=_int_range(1, 100), default=8, help="samples per class (default 8)")
-    cmd.add_argument("--seed", type=int, default=0, help="which random samples to show")
+    cmd.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0, help="which random samples to show")
     cmd.add_argument("--exist-ok", action="store_true", help="replace existing PNGs")
     cmd.set_defaults(handler=_show)
 
@@ -416,11 +416,24 @@ def _train_config(args, flags: dict) -> TrainConfig:
     if args.data:
         flags["data"] = args.data
     try:
-        return train_config(recipe, **{**values, **flags})
+        cfg = train_config(recipe, **{**values, **flags})
     except ConfigError as error:
         if args.config and error.key not in flags:
             raise ConfigError(f"{args.config}: {error}") from None
         raise
+    return _with_weights_settings(cfg, recipe, {**values, **flags})
+
+
+def _with_weights_settings(cfg: TrainConfig, recipe: str, given: dict) -> TrainConfig:
+    """cfg with the architecture, image size and colour mode of its --weights model where nothing set them."""
+    if not cfg.weights:
+        return cfg
+    from emorec.config import train_config
+    from emorec.train import settings_from_weights
+
+    explicit = set(given) | set(RECIPES.get(recipe, {}))
+    taken = {key: value for key, value in settings_from_weights(cfg.weights).items() if key not in explicit}
+    return train_config(recipe, **{**given, **taken}) if taken else cfg
 
 
 def _print_interrupted(stop) -> None:

@@ -40,8 +40,8 @@ import keras
 from emorec import data as data_lib
 from emorec.config import ConfigError, TrainConfig, check_types, read_config_file
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
-from emorec.files import (InputFileError, atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, read_limited,
-                          save_figure, stat_regular, write_json)
+from emorec.files import (InputFileError, atomic_path, atomic_write_bytes, atomic_write_text, check_output_path,
+                          new_run_dir, read_limited, save_figure, stat_regular, write_json)
 from emorec.labels import LabelledImages, label_report, read_label_file
 from emorec.model import (ModelInfo, build_model, inference_copy, load_model, load_weights_from, model_path,
                           predict_probabilities, read_info, save_model, undo_class_weights)
@@ -619,7 +619,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
     data_parallel(cfg)  # a device count this machine cannot give fails before anything is read or written
     cfg = cfg.with_absolute_paths()
     if cfg.weights:
-        read_info(model_path(cfg.weights))  # a missing or foreign file fails before the data loads
+        _check_weights_fit(cfg)  # a missing, foreign or mismatched model fails before the data loads
+    check_output_path(cfg.project, folder=True)  # a file named like the project folder fails before the scan
     sources = check_training_data(cfg, progress)
     run_dir = new_run_dir(cfg.project, cfg.run_name, cfg.exist_ok)
     with run_lock(run_dir):
@@ -627,6 +628,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
         cfg.save(run_dir / "config.json")
         RunState().save(run_dir)  # a run killed before its first epoch ends resumes from the start
         return _run(cfg, sources, run_dir, RunState(), progress, discard_on_failure=not cfg.exist_ok)
+
+
+def settings_from_weights(weights: str) -> dict[str, object]:
+    """The arch, image_size and color_mode of a saved model (a bundled one by name): the model it can start."""
+    info = read_info(model_path(weights))
+    return {"arch": info.arch, "image_size": info.image_size, "color_mode": info.color_mode}
+
+
+def _check_weights_fit(cfg: TrainConfig) -> None:
+    """ConfigError naming --weights when the saved model cannot start the model cfg builds."""
+    settings = settings_from_weights(cfg.weights)
+    differ = [f"--{key.replace('_', '-')} {getattr(cfg, key)}" for key, value in settings.items()
+              if getattr(cfg, key) != value]
+    if differ:
+        problem = (f"{cfg.weights} is a {settings['arch']} model for {settings['image_size']}px {settings['color_mode']} "
+                   f"images; it cannot start a model with {', '.join(differ)} (leave them out to take the model's)")
+        raise ConfigError(f"weights: {problem}", "weights", problem)
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
