@@ -233,3 +233,19 @@ def test_a_second_resume_of_a_running_run_is_refused(tmp_path, capsys):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert main(["train", "--resume", str(run)]) == 1
     assert "already running" in capsys.readouterr().err
+
+
+def test_training_into_a_run_folder_in_use_is_refused(fer_tree, tmp_path, capsys):
+    import fcntl
+
+    data = fer_tree(classes=("happy", "sad"), per_class=3)
+    run = tmp_path / "runs" / "busy"
+    run.mkdir(parents=True)
+    (run / "weights").mkdir()
+    (run / "weights" / "best.keras").write_bytes(b"the other process's model")
+    with open(run / LOCK_FILE, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        argv = ["train", str(data), "--project", str(tmp_path / "runs"), "--name", "busy", "--exist-ok", "--epochs", "1"]
+        assert main(argv) == 1
+    assert "already running" in capsys.readouterr().err
+    assert (run / "weights" / "best.keras").read_bytes() == b"the other process's model"
