@@ -39,6 +39,8 @@ MAX_FILE_BYTES = 256 * 2**20  # a larger file is refused without being read
 MAX_PACK_BYTES = 8 * 2**30  # the arrays a pack may declare (its splits read at once); FER2013 at 48x48 is 83 MB
 MAX_CLASSES = 1000  # in a pack or a label file: more is a broken file, not a dataset
 _PACK_MEMBER = re.compile(r"^(\w+)_(images|labels)\.npy$")
+_MAX_PACK_MEMBERS = 64
+_MAX_NAME = 256  # characters of a class name in a pack
 # Formats as Pillow names them in a header, and the name emorec gives them (MPO: a multi-picture JPEG).
 _FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP", "DIB": "BMP",
             "TIFF": "TIFF", "WEBP": "WebP"}
@@ -591,38 +593,35 @@ def load_pack(path: str | Path, splits: Sequence[str] | None = None, max_bytes: 
     decompressed at most max_bytes far. Raises DatasetError naming the file and the problem.
     """
     path = Path(path)
-    try:
-        stat_regular(path)
-    except InputFileError as error:
-        raise DatasetError(str(error).replace("no such file", "no such pack file")) from None
-    try:
-        with _open_pack(path, max_bytes) as handle, zipfile.ZipFile(handle) as archive:
-            layout = _pack_layout(archive)
-            wanted = [split for split in layout if splits is None or split in splits]
-            _check_pack_bytes(layout, wanted, max_bytes)
-            handle.seek(0)
-            stored = np.load(handle, allow_pickle=False)
-            names = _pack_class_names(stored["class_names"])
-            return {split: _pack_split(stored, split, names) for split in wanted}
-    except PackError as error:
-        raise DatasetError(f"{path}: {error}") from None
-    except (zipfile.BadZipFile, lzma.LZMAError, EOFError, OSError, ValueError) as error:
-        raise DatasetError(f"{path}: not a pack made by `emorec pack` ({_one_line(error)})") from None
+    with _pack_errors(path), _open_pack(path, max_bytes) as handle, zipfile.ZipFile(handle) as archive:
+        layout = _pack_layout(archive)
+        wanted = [split for split in layout if splits is None or split in splits]
+        _check_pack_bytes(layout, wanted, max_bytes)
+        handle.seek(0)
+        stored = np.load(handle, allow_pickle=False)
+        names = _pack_class_names(stored["class_names"])
+        return {split: _pack_split(stored, split, names) for split in wanted}
 
 
 def pack_splits(path: str | Path) -> list[str]:
     """The split names of a pack, read from its member names (the arrays are not read)."""
     path = Path(path)
+    with _pack_errors(path), _open_pack(path, MAX_PACK_BYTES) as handle, zipfile.ZipFile(handle) as archive:
+        return list(_pack_layout(archive))
+
+
+@contextmanager
+def _pack_errors(path: Path) -> Iterator[None]:
+    """Any failure to read the pack at path as one DatasetError naming it; FIFOs and devices are not opened."""
     try:
         stat_regular(path)
-        with _open_pack(path, MAX_PACK_BYTES) as handle, zipfile.ZipFile(handle) as archive:
-            return list(_pack_layout(archive))
+        yield
     except InputFileError as error:
         raise DatasetError(str(error).replace("no such file", "no such pack file")) from None
     except PackError as error:
         raise DatasetError(f"{path}: {error}") from None
     except (zipfile.BadZipFile, lzma.LZMAError, EOFError, OSError, ValueError) as error:
-        raise DatasetError(f"{path}: not a pack made by `emorec pack` ({_one_line(error)})") from None
+        raise DatasetError(f"{path}: not a pack made by `emorec pack` ({_one_line(error)[:200]})") from None
 
 
 class PackError(ValueError):
@@ -649,12 +648,15 @@ def _open_pack(path: Path, max_bytes: int) -> Iterator:
 
 def _pack_layout(archive: zipfile.ZipFile) -> dict[str, dict[str, tuple]]:
     """{split: {"images": (shape, dtype), "labels": (shape, dtype)}} plus the class_names header, checked."""
+    if len(archive.namelist()) > _MAX_PACK_MEMBERS:
+        raise PackError(f"{len(archive.namelist()):,} members; a pack has class_names and two per split")
     headers = {name: _npy_header(archive, name) for name in archive.namelist()}
     if "class_names.npy" not in headers:
         raise PackError("no class_names member")
     shape, dtype = headers.pop("class_names.npy")
-    if dtype.kind != "U" or len(shape) != 1 or not 2 <= shape[0] <= MAX_CLASSES:
-        raise PackError(f"class_names must be 2 to {MAX_CLASSES} names, not {dtype} of shape {shape}")
+    if dtype.kind != "U" or len(shape) != 1 or not 2 <= shape[0] <= MAX_CLASSES or dtype.itemsize > 4 * _MAX_NAME:
+        raise PackError(f"class_names must be 2 to {MAX_CLASSES} names of at most {_MAX_NAME} characters, "
+                        f"not {dtype} of shape {shape}")
     layout: dict[str, dict[str, tuple]] = {}
     for name, header in headers.items():
         match = _PACK_MEMBER.match(name)
