@@ -350,7 +350,7 @@ def _add_train(commands) -> None:
     cmd.add_argument("data", nargs="?", help="class folders (or a .npz pack from `emorec pack`)")
     cmd.add_argument("--recipe", choices=sorted(RECIPES), default="", help="start from a named recipe (fer2013, ferplus: the bundled models')")
     cmd.add_argument("--config", metavar="FILE", help="read options from a JSON or YAML file, e.g. a run's config.json "
-                     "(precedence: defaults < recipe < file < flags)")
+                     "(precedence: defaults < recipe < file < flags; switches are true or false, counts whole numbers)")
     cmd.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch, "
                      "with its saved configuration")
     for item in dataclasses.fields(TrainConfig):

@@ -12,6 +12,7 @@ A run folder (`runs/<name>/`) holds:
     resume/              while the run is unfinished: what `emorec train --resume` needs (the training
                          weights with the optimizer state, so step count, schedule position and EMA,
                          plus the history and the early-stopping and plateau counters)
+    .emorec.lock         locked while a process trains in the folder: a second train or resume into it is refused
 
 Every file is replaced atomically, so a run stopped at any moment (Ctrl-C, SIGTERM, kill -9, power loss)
 leaves the files of its last completed epoch, and `resume` continues from there.
