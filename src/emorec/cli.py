@@ -378,16 +378,17 @@ def _raise_terminated(signum, frame):
 
 
 def _train(args) -> int:
-    from emorec import train
-
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k not in _TRAIN_FLAGS_SKIPPED}
     if args.resume and (args.data or args.config or args.recipe or flags):
         raise ConfigError("--resume continues a run with its saved configuration; give no data or other options")
     if not (args.resume or args.data or args.config):
         raise ConfigError("give the training DATA (or --config FILE, or --resume RUN_DIR)")
+    cfg = None if args.resume else _train_config(args, flags)  # a bad config fails before TensorFlow loads
+    from emorec import train
+
     previous = signal.signal(signal.SIGTERM, _raise_terminated)  # a scheduler's stop saves like Ctrl-C
     try:
-        result = train.resume(args.resume) if args.resume else train.train(_train_config(args, flags))
+        result = train.resume(args.resume) if args.resume else train.train(cfg)
     except train.RunInterrupted as stop:
         _print_interrupted(stop)
         return 143 if isinstance(stop.__cause__, _Terminated) else 130

@@ -289,6 +289,10 @@ def _parse_yaml(text: str) -> Any:
 
     try:
         return yaml.load(text, Loader=FlatLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ValueError(f"{where}{error.problem or error.context}") from None
     except yaml.YAMLError as error:
         raise ValueError(str(error)) from None
 
