@@ -209,6 +209,7 @@ def test_other_configs_are_typed_too():
     with pytest.raises(ConfigError, match="sources"):
         PredictConfig(sources="a.jpg")
     assert PredictConfig(sources=["a.jpg"], tta=True).tta == "flip"
+    assert PredictConfig(sources=["a.jpg"], tta=None).tta == "none"
 
 
 @pytest.mark.parametrize("name, text, message", [

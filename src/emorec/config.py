@@ -332,7 +332,7 @@ class PredictConfig:
     actors: int = _field(0, "ray: classifier actors, each loading the model once (0: one per 3 CPUs)")
 
     def __post_init__(self) -> None:
-        check_types(self, also={"tta": bool})
+        check_types(self, also={"tta": (bool, type(None))})  # tta_mode reads switches too
         self.tta = tta_mode(self.tta)
         _check_range("stride", self.stride, 1, 100_000)
         _check_range("smooth", self.smooth, 0.0, 0.99)
@@ -385,7 +385,7 @@ def tta_mode(tta: bool | str | None) -> str:
     return mode
 
 
-def check_types(config: Any, also: dict[str, type] | None = None) -> None:
+def check_types(config: Any, also: dict[str, type | tuple[type, ...]] | None = None) -> None:
     """Check every field of a config dataclass against its annotated type, in place; ConfigError naming the first
     field whose value does not fit.
 
