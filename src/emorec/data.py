@@ -585,7 +585,8 @@ def save_pack(path: str | Path, splits: dict[str, ArrayData], overwrite: bool = 
     return path
 
 
-def load_pack(path: str | Path, splits: Sequence[str] | None = None, max_bytes: int = MAX_PACK_BYTES) -> dict[str, ArrayData]:
+def load_pack(path: str | Path, splits: Sequence[str] | None = None,
+              max_bytes: int = MAX_PACK_BYTES) -> dict[str, ArrayData]:
     """Read a pack written by `save_pack`: {split name: ArrayData}, only the named splits it has (None: all).
 
     Every member is checked from its .npy header before any array is read (names, dtypes, shapes, and
@@ -684,10 +685,12 @@ def _check_split_headers(split: str, members: dict[str, tuple]) -> None:
     if set(members) != {"images", "labels"}:
         raise PackError(f"split {split!r} needs both {split}_images and {split}_labels")
     (shape, dtype), (label_shape, label_dtype) = members["images"], members["labels"]
-    if dtype != np.uint8 or len(shape) != 4 or shape[3] not in (1, 3) or not (1 <= shape[1] <= 4096 and 1 <= shape[2] <= 4096):
+    sides_ok = len(shape) == 4 and 1 <= shape[1] <= 4096 and 1 <= shape[2] <= 4096
+    if dtype != np.uint8 or not sides_ok or shape[3] not in (1, 3):
         raise PackError(f"{split}_images must be uint8 images (N, H, W, 1 or 3), not {dtype} of shape {shape}")
     if label_dtype.kind not in "iu" or len(label_shape) != 1 or label_shape[0] != shape[0]:
-        raise PackError(f"{split}_labels must be {shape[0]} whole-number labels, not {label_dtype} of shape {label_shape}")
+        raise PackError(f"{split}_labels must be {shape[0]} whole-number labels, "
+                        f"not {label_dtype} of shape {label_shape}")
 
 
 def _check_pack_bytes(layout: dict[str, dict[str, tuple]], splits: list[str], max_bytes: int) -> None:

@@ -190,7 +190,7 @@ def _vote_layout(path: Path, header: list[str], body: list[list[str]], spec: Lab
 
 
 def _first_time(file: Path, lines: dict[str, tuple[int, object]], path: str, number: int, value: object) -> bool:
-    """True the first time path is listed; False for a repeat of the same row; LabelFileError for a contradicting one."""
+    """True the first time path is listed, False for a repeat of the same row; LabelFileError for one that differs."""
     if path not in lines:
         lines[path] = (number, value)
         return True

@@ -155,7 +155,8 @@ def _check_weights_file(folder: Path, name: str) -> None:
     import h5py
 
     if not name or Path(name).name != name or not name.endswith(".weights.h5"):
-        raise ResumeError(f"{folder / 'state.json'}: weights: {name!r} is not the name of a .weights.h5 file in {folder}")
+        raise ResumeError(f"{folder / 'state.json'}: weights: {name!r} is not the name of a .weights.h5 file "
+                          f"in {folder}")
     path = folder / name
     try:
         stat_regular(path)
@@ -322,7 +323,8 @@ def _check_classes(report: data_lib.ScanReport, source) -> None:
 def _pack_arrays(cfg: TrainConfig) -> tuple[data_lib.ArrayData, data_lib.ArrayData]:
     splits = data_lib.load_pack(cfg.data, ["train"] if cfg.val else ["train", "val"])
     if "train" not in splits:
-        raise data_lib.DatasetError(f"{cfg.data}: no 'train' split (it has: {', '.join(data_lib.pack_splits(cfg.data))})")
+        has = ", ".join(data_lib.pack_splits(cfg.data))
+        raise data_lib.DatasetError(f"{cfg.data}: no 'train' split (it has: {has})")
     train, sources = splits["train"], {"train": cfg.data}
     if cfg.val:
         val_split = data_lib.load_pack(cfg.val, ["val"]).get("val") if data_lib.is_pack(cfg.val) else None
@@ -643,8 +645,9 @@ def _check_weights_fit(cfg: TrainConfig) -> None:
     differ = [f"--{key.replace('_', '-')} {getattr(cfg, key)}" for key, value in settings.items()
               if getattr(cfg, key) != value]
     if differ:
-        problem = (f"{cfg.weights} is a {settings['arch']} model for {settings['image_size']}px {settings['color_mode']} "
-                   f"images; it cannot start a model with {', '.join(differ)} (leave them out to take the model's)")
+        model = f"a {settings['arch']} model for {settings['image_size']}px {settings['color_mode']} images"
+        problem = f"{cfg.weights} is {model}; it cannot start a model with {', '.join(differ)} " \
+                  "(leave them out to take the model's)"
         raise ConfigError(f"weights: {problem}", "weights", problem)
 
 
