@@ -114,7 +114,10 @@ def test_a_finished_run_has_nothing_to_resume(uninterrupted, capsys):
 def test_resume_refuses_data_whose_classes_changed(uninterrupted, fer_tree, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
-    (run / "eval.json").unlink()  # as if killed before its final report
+    (run / "eval.json").unlink()  # as if killed before its final report, with its resume state still there
+    RunState(epoch=EPOCHS, history=json.loads((run / "history.json").read_text()),
+             weights="epoch-0006.weights.h5").save(run)
+    _weights_file(run, "epoch-0006.weights.h5")
     config = json.loads((run / "config.json").read_text())
     config["data"] = str(fer_tree(classes=("happy", "surprise"), per_class=2))
     config["val"] = None
