@@ -13,6 +13,7 @@ from conftest import BUNDLED, DEFAULT_CLASSES, FER, PHOTOS, face_like, require, 
 
 from emorec.cli import build_parser, main
 from emorec.errors import UsageError
+from emorec.config import TrainConfig
 from emorec.model import read_info
 from emorec.evaluate import evaluate
 
@@ -669,3 +670,37 @@ def test_check_delete_leaves_hdr_and_pfm_images_named_as_photos(bundled, small_t
     assert main(["predict", str(hdr), str(pfm)]) == 1  # every command reads them alike
     out = capsys.readouterr().out
     assert "a Radiance HDR file, not one of" in out and "a PFM (floating-point) file, not one of" in out
+
+
+def test_show_with_a_negative_seed_names_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["show", str(tmp_path), "--seed", "-1"])
+    assert caught.value.code == 2
+    assert "argument --seed: -1 is out of range" in capsys.readouterr().err
+
+
+def test_train_into_a_project_that_is_a_file_fails_before_the_scan(tmp_path, capsys):
+    (tmp_path / "runs").write_text("not a folder")
+    assert main(["train", str(tmp_path / "no-such-data"), "--project", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path / 'runs'}: is not a folder" in err
+
+
+def test_train_weights_bring_their_architecture_size_and_colour(tmp_path):
+    from emorec.cli import _train_config
+    from emorec.catalog import onnx_path
+
+    info = read_info(onnx_path("ferplus"))
+    args = build_parser().parse_args(["train", "faces", "--weights", "ferplus"])
+    cfg = _train_config(args, {"weights": "ferplus"})
+    assert (cfg.arch, cfg.image_size, cfg.color_mode) == (info.arch, info.image_size, info.color_mode) != ("seed", 48, "rgb")
+    assert cfg.arch != TrainConfig.arch
+
+
+def test_train_weights_with_a_conflicting_explicit_arch_is_one_line_before_the_scan(tmp_path, capsys):
+    argv = ["train", str(tmp_path / "no-such-data"), "--weights", "ferplus", "--arch", "resnet",
+            "--project", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "argument --weights:" in err and "--arch resnet" in err
+    assert not (tmp_path / "runs").exists()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 
 import pytest
 
+from emorec.cli import main
 from emorec.config import RECIPES, ConfigError, PredictConfig, TrainConfig, read_config_file, train_config
 from emorec.catalog import DEFAULT_MODEL
 
@@ -183,3 +185,73 @@ def test_devices_are_a_count_or_all():
     for bad in ("0", "two", -1, True):
         with pytest.raises(ConfigError, match="devices"):
             train_config(data="faces", devices=bad)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("epochs", 1.5, "whole number"), ("seed", "abc", "whole number"), ("image_size", 48.7, "whole number"),
+    ("batch_size", 2.5, "whole number"), ("epochs", True, "whole number"), ("learning_rate", "0.1", "number"),
+    ("data", ["a", "b"], "text"), ("arch", 3, "text"), ("project", {"a": 1}, "text"), ("name", b"\x00", "text"),
+    ("augment", "no", "true or false"), ("mixed_precision", "false", "true or false"), ("exist_ok", 0, "true or false"),
+    ("val", 5, "text or null"), ("seed", -1, "out of range"), ("seed", 2**40, "out of range"),
+])
+def test_values_of_the_wrong_type_are_named_with_the_expected_type(key, value, expected):
+    with pytest.raises(ConfigError, match=expected) as caught:
+        train_config(**{"data": "faces", key: value})
+    assert caught.value.key == key
+
+
+def test_whole_floats_are_taken_as_ints_and_paths_as_text(tmp_path):
+    cfg = train_config(data=tmp_path, epochs=3.0, learning_rate=1)
+    assert (cfg.epochs, cfg.data, cfg.learning_rate) == (3, str(tmp_path), 1.0)
+    assert isinstance(cfg.epochs, int) and isinstance(cfg.learning_rate, float)
+
+
+def test_other_configs_are_typed_too():
+    with pytest.raises(ConfigError, match="stride"):
+        PredictConfig(sources=["a.jpg"], stride=1.5)
+    with pytest.raises(ConfigError, match="sources"):
+        PredictConfig(sources="a.jpg")
+    assert PredictConfig(sources=["a.jpg"], tta=True).tta == "flip"
+    assert PredictConfig(sources=["a.jpg"], tta=None).tta == "none"
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("laughs.yaml", "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nepochs: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
+     "aliases"),
+    ("deep.yaml", "epochs: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested|deep"),
+    ("deep.json", '{"epochs": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested"),
+    ("keys.yaml", "1: 2\n", "mapping"),
+    ("big.json", '{"name": "' + "x" * (2**20 + 10) + '"}', "limit"),
+])
+def test_hostile_config_files_are_refused_quickly(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        read_config_file(tmp_path / name)
+    assert str(tmp_path / name) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_binary_yaml_value_is_refused_by_type(tmp_path):
+    (tmp_path / "bin.yaml").write_text("name: !!binary aGVsbG8=\n")
+    with pytest.raises(ConfigError, match="name: expected text, got b'hello' \\(binary data\\)"):
+        train_config(**read_config_file(tmp_path / "bin.yaml"))
+
+
+def test_a_fifo_or_device_config_is_refused_without_reading(tmp_path):
+    os.mkfifo(tmp_path / "pipe.json")
+    with pytest.raises(ConfigError, match="FIFO"):
+        read_config_file(tmp_path / "pipe.json")
+    with pytest.raises(ConfigError, match="character device"):
+        read_config_file("/dev/zero")
+
+
+@pytest.mark.parametrize("text, flag", [('{"epochs": 1.5}', "epochs"), ('{"seed": "abc"}', "seed"),
+                                        ('{"exist_ok": "false"}', "exist_ok"), ('{"recipe": [1]}', "recipe")])
+def test_cli_refuses_a_bad_config_file_in_one_line_and_creates_nothing(tmp_path, capsys, text, flag):
+    (tmp_path / "c.json").write_text(text)
+    code = main(["train", str(tmp_path / "faces"), "--config", str(tmp_path / "c.json"),
+                 "--project", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert str(tmp_path / "c.json") in err and flag in err
+    assert not (tmp_path / "runs").exists()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import lzma
 import shutil
+import zipfile
 
 import cv2
 import numpy as np
@@ -18,6 +21,7 @@ from emorec.data import (
     is_pack,
     load_arrays,
     load_pack,
+    pack_splits,
     quarantine,
     save_pack,
     scan_dataset,
@@ -276,6 +280,89 @@ def test_a_pack_without_class_names_is_one_dataset_error(tmp_path):
     np.savez(tmp_path / "foreign.npz", images=np.zeros((2, 8, 8, 1), np.uint8))
     with pytest.raises(DatasetError, match="foreign.npz: not a pack"):
         load_pack(tmp_path / "foreign.npz")
+
+
+def _hostile_pack(path, **arrays):
+    """An .npz (or .npz.xz) with exactly these members, as a hand-made or damaged pack would have."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path.write_bytes(lzma.compress(buffer.getvalue()) if path.suffix == ".xz" else buffer.getvalue())
+    return path
+
+
+def _good_arrays(labels=(0, 1, 1), val_labels=(1, 0)):
+    return dict(class_names=np.array(["a", "b"]), train_images=np.zeros((len(labels), 8, 8, 1), np.uint8),
+                train_labels=np.array(labels, np.int32), val_images=np.zeros((len(val_labels), 8, 8, 1), np.uint8),
+                val_labels=np.array(val_labels, np.int32))
+
+
+def _claiming_pack(path, count):
+    """A tiny .npz whose train_images header claims `count` images."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, array, shape in (("class_names", np.array(["a", "b"]), None),
+                                   ("train_images", np.zeros((1, 8, 8, 1), np.uint8), (count, 8, 8, 1)),
+                                   ("train_labels", np.zeros(1, np.int32), (count,))):
+            member = io.BytesIO()
+            header = np.lib.format.header_data_from_array_1_0(array)
+            header["shape"] = shape or array.shape
+            np.lib.format.write_array_header_1_0(member, header)
+            member.write(array.tobytes())
+            archive.writestr(f"{name}.npy", member.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({k: v for k, v in _good_arrays().items() if k != "class_names"}, "no class_names"),
+    (_good_arrays(labels=(0, 99, 1)), "train_labels holds 99"),
+    (_good_arrays(val_labels=(-1, 0)), "val_labels holds -1"),
+    ({**_good_arrays(), "train_labels": np.array([0.0, 1.0, 1.0])}, "whole-number labels"),
+    ({**_good_arrays(), "train_images": np.zeros((3, 2, 8, 8, 1), np.uint8)}, "uint8 images"),
+    ({**_good_arrays(), "train_images": np.zeros((3, 8, 8, 1), np.float32)}, "uint8 images"),
+    ({**_good_arrays(), "train_labels": np.zeros(2, np.int32)}, "3 whole-number labels"),
+    ({**_good_arrays(), "class_names": np.array(["a", "a"])}, "distinct"),
+    ({**_good_arrays(), "class_names": np.array([1, 2])}, "class_names must be"),
+    ({**_good_arrays(), "notes": np.zeros(1)}, "unexpected member"),
+])
+@pytest.mark.parametrize("suffix", [".npz", ".npz.xz"])
+def test_bad_packs_are_one_line_naming_the_file(tmp_path, arrays, message, suffix):
+    path = _hostile_pack(tmp_path / f"bad{suffix}", **arrays)
+    with pytest.raises(DatasetError, match=message) as caught:
+        load_pack(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_pack_claiming_a_trillion_images_is_refused_from_its_header(tmp_path):
+    with pytest.raises(DatasetError, match="declare 68,000,000,000,000 bytes"):
+        load_pack(_claiming_pack(tmp_path / "huge.npz", 10**12))
+
+
+def test_random_bytes_are_not_a_pack(tmp_path):
+    (tmp_path / "r.npz").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(DatasetError, match="not a pack made by `emorec pack`") as caught:
+        load_pack(tmp_path / "r.npz")
+    assert "unsafe" not in str(caught.value) and "pickle" not in str(caught.value)
+
+
+def test_an_xz_pack_is_decompressed_only_up_to_the_limit(tmp_path):
+    path = save_pack(tmp_path / "bomb.npz.xz",
+                     {"train": ArrayData(np.zeros((4000, 48, 48, 1), np.uint8), np.zeros(4000, np.int32), ["a", "b"])})
+    assert path.stat().st_size < 50_000
+    with pytest.raises(DatasetError, match="decompresses to more than"):
+        load_pack(path, max_bytes=2**16)
+    assert len(load_pack(path)["train"]) == 4000
+
+
+def test_only_the_splits_asked_for_are_read(tmp_path):
+    path = _hostile_pack(tmp_path / "p.npz", **_good_arrays())
+    assert sorted(load_pack(path, ["val"])) == ["val"]
+    assert pack_splits(path) == ["train", "val"]
+    big = _claiming_pack(tmp_path / "big.npz", 10**9)  # only the unread split is too big
+    with zipfile.ZipFile(big, "a") as archive:
+        for name, array in (("val_images", np.zeros((2, 8, 8, 1), np.uint8)), ("val_labels", np.zeros(2, np.int32))):
+            member = io.BytesIO()
+            np.save(member, array)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    assert len(load_pack(big, ["val"])["val"]) == 2
 
 
 def test_is_pack():

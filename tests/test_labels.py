@@ -223,3 +223,73 @@ def test_evaluate_with_a_label_file_scores_the_file_not_the_folders(fer_tree, tm
     flipped = [["path", "label"]] + [[p.relative_to(root).as_posix(), "nonsense"] for p in paths]
     wrong = evaluate(None, root, label_spec=LabelSpec(str(write_csv(tmp_path / "flip.csv", flipped))), progress=False)
     assert wrong.accuracy == 0 and wrong.class_names[-1] == "nonsense"  # a class the model lacks is always missed
+
+
+# ----------------------------------------------------------------------------
+# Hostile label files
+# ----------------------------------------------------------------------------
+
+
+def _label_rows(root, label_of):
+    """path,label rows for the images under root; label_of(folder name, index) gives each label."""
+    _, paths = images_of(root)
+    return [["path", "label"]] + [[p.relative_to(root).as_posix(), label_of(p.parent.name, i)] for i, p in enumerate(paths)]
+
+
+def test_a_two_class_label_file_gives_one_sigmoid_target_like_folders(fer_tree, tmp_path):
+    root = fer_tree(classes=("happy", "sad"), per_class=10)
+    file = write_csv(tmp_path / "l.csv", _label_rows(root, lambda folder, i: folder))
+    cfg = train_config(data=str(root), labels=str(file), val_split=0.2, project=str(tmp_path / "runs"))
+    data = load_training_data(cfg, check_training_data(cfg, progress=False), progress=False)
+    images, targets = data.train
+    assert targets.shape == (len(images), 1) and data.val[1].shape == (len(data.val[0]), 1)
+    assert set(np.unique(targets)) == {0.0, 1.0} and data.class_names == ["happy", "sad"]
+
+
+@pytest.mark.slow
+def test_a_two_class_label_file_trains(fer_tree, tmp_path):
+    root = fer_tree(classes=("happy", "sad"), per_class=10)
+    file = write_csv(tmp_path / "l.csv", _label_rows(root, lambda folder, i: folder))
+    cfg = train_config(data=str(root), labels=str(file), epochs=1, batch_size=8, project=str(tmp_path / "runs"))
+    result = train(cfg, progress=False)
+    assert read_info(result.best_model).class_names == ["happy", "sad"]
+
+
+def test_a_path_listed_twice_with_other_labels_names_both_lines(tmp_path):
+    rows = [["path", "label"], ["a/1.png", "happy"], ["a/2.png", "sad"], ["a/1.png", "sad"]]
+    with pytest.raises(LabelFileError, match="a/1.png is listed on line 2 and again, with other labels, on line 4"):
+        read_label_file(LabelSpec(str(write_csv(tmp_path / "l.csv", rows))))
+    votes = [VOTE_HEADER[:4], ["a/1.png", "", "3", "7"], ["a/1.png", "", "7", "3"]]
+    with pytest.raises(LabelFileError, match="line 2 .* line 3"):
+        read_label_file(LabelSpec(str(write_csv(tmp_path / "v.csv", votes))))
+
+
+def test_a_path_listed_twice_alike_is_read_once(tmp_path):
+    rows = [["path", "label"], ["a/1.png", "happy"], ["a/2.png", "sad"], ["a\\1.png", "happy"]]
+    table = read_label_file(LabelSpec(str(write_csv(tmp_path / "l.csv", rows))))
+    assert table.paths == ["a/1.png", "a/2.png"]
+
+
+@pytest.mark.parametrize("rows, message", [([["path", "label"]], "no row with a usable label \\(0 row"),
+                                           ([["path", "label"], ["a.png", ""]], "1 skipped, first: a.png: line 2: no label"),
+                                           ([["path", "happy", "sad"]], "found: none")])
+def test_a_label_file_without_usable_rows_is_one_line(tmp_path, rows, message):
+    with pytest.raises(LabelFileError, match=message):
+        read_label_file(LabelSpec(str(write_csv(tmp_path / "l.csv", rows))))
+
+
+def test_too_many_distinct_labels_are_refused_before_any_table_is_built(tmp_path):
+    rows = [["path", "label"]] + [[f"{i}.png", f"class{i}"] for i in range(1_500)]
+    with pytest.raises(LabelFileError, match="1,500 distinct labels, more than the 1,000"):
+        read_label_file(LabelSpec(str(write_csv(tmp_path / "l.csv", rows))))
+
+
+def test_no_majority_anywhere_fails_before_training(fer_tree, tmp_path):
+    root = fer_tree(classes=("happy", "sad"), per_class=5)
+    _, paths = images_of(root)
+    rows = [["path", "happy", "sad"]] + [[p.relative_to(root).as_posix(), "5", "5"] for p in paths]
+    file = write_csv(tmp_path / "v.csv", rows)
+    cfg = train_config(data=str(root), labels=str(file), unsure="soft", project=str(tmp_path / "runs"))
+    with pytest.raises(data_lib.DatasetError, match="no validation image has a majority label"):
+        check_training_data(cfg, progress=False)
+    assert not (tmp_path / "runs").exists()

@@ -290,7 +290,7 @@ def _add_show(commands) -> None:
     cmd.add_argument("data", help="folder with one sub-folder per class")
     cmd.add_argument("--out", default="samples.png", help="PNG for the sample grid (the chart goes to *_counts.png)")
     cmd.add_argument("--per-class", type=_int_range(1, 100), default=8, help="samples per class (default 8)")
-    cmd.add_argument("--seed", type=int, default=0, help="which random samples to show")
+    cmd.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0, help="which random samples to show")
     cmd.add_argument("--exist-ok", action="store_true", help="replace existing PNGs")
     cmd.set_defaults(handler=_show)
 
@@ -356,7 +356,7 @@ def _add_train(commands) -> None:
     cmd.add_argument("data", nargs="?", help="class folders (or a .npz pack from `emorec pack`)")
     cmd.add_argument("--recipe", choices=sorted(RECIPES), default="", help="start from a named recipe (fer2013, ferplus: the bundled models')")
     cmd.add_argument("--config", metavar="FILE", help="read options from a JSON or YAML file, e.g. a run's config.json "
-                     "(precedence: defaults < recipe < file < flags)")
+                     "(precedence: defaults < recipe < file < flags; switches are true or false, counts whole numbers)")
     cmd.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch, "
                      "with its saved configuration")
     for item in dataclasses.fields(TrainConfig):
@@ -394,16 +394,17 @@ def _raise_terminated(signum, frame):
 
 
 def _train(args) -> int:
-    from emorec import train
-
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k not in _TRAIN_FLAGS_SKIPPED}
     if args.resume and (args.data or args.config or args.recipe or flags):
         raise ConfigError("--resume continues a run with its saved configuration; give no data or other options")
     if not (args.resume or args.data or args.config):
         raise ConfigError("give the training DATA (or --config FILE, or --resume RUN_DIR)")
+    cfg = None if args.resume else _train_config(args, flags)  # a bad config fails before TensorFlow loads
+    from emorec import train
+
     previous = signal.signal(signal.SIGTERM, _raise_terminated)  # a scheduler's stop saves like Ctrl-C
     try:
-        result = train.resume(args.resume) if args.resume else train.train(_train_config(args, flags))
+        result = train.resume(args.resume) if args.resume else train.train(cfg)
     except train.RunInterrupted as stop:
         _print_interrupted(stop)
         return 143 if isinstance(stop.__cause__, _Terminated) else 130
@@ -432,11 +433,24 @@ def _train_config(args, flags: dict) -> TrainConfig:
     if args.data:
         flags["data"] = args.data
     try:
-        return train_config(recipe, **{**values, **flags})
+        cfg = train_config(recipe, **{**values, **flags})
     except ConfigError as error:
         if args.config and error.key not in flags:
             raise ConfigError(f"{args.config}: {error}") from None
         raise
+    return _with_weights_settings(cfg, recipe, {**values, **flags})
+
+
+def _with_weights_settings(cfg: TrainConfig, recipe: str, given: dict) -> TrainConfig:
+    """cfg with the architecture, image size and colour mode of its --weights model where nothing set them."""
+    if not cfg.weights:
+        return cfg
+    from emorec.config import train_config
+    from emorec.train import settings_from_weights
+
+    explicit = set(given) | set(RECIPES.get(recipe, {}))
+    taken = {key: value for key, value in settings_from_weights(cfg.weights).items() if key not in explicit}
+    return train_config(recipe, **{**given, **taken}) if taken else cfg
 
 
 def _print_interrupted(stop) -> None:

@@ -3,12 +3,23 @@
 Every field has a default, a type and a one-line meaning. Values are checked
 when the object is built, so a typo fails at once with a clear message rather
 than an hour into training. Precedence: defaults < recipe < config file < explicit values.
+
+Every field's value must have the field's type, from a file or from code alike:
+true/false for switches (a quoted "false" is text, not a switch, and is refused),
+whole numbers for counts (5.0 is taken as 5, 5.5 is refused), numbers for rates,
+text for names and paths. Config files are JSON or YAML of at most MAX_CONFIG_BYTES,
+regular files only; YAML aliases (`*name`) and documents nested deeper than
+MAX_CONFIG_DEPTH levels are refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +36,9 @@ LABEL_TARGETS = ("soft", "majority")  # see emorec.labels
 LABEL_UNSURE = ("drop", "soft")
 TTA_MODES = ("none", "flip", "multi")  # test-time augmentation: see emorec.model.tta_views
 ENGINES = ("local", "ray")  # where `emorec predict` runs: see emorec.distributed
+MAX_CONFIG_BYTES = 2**20  # a config file is a few hundred bytes; a larger one is refused unread
+MAX_CONFIG_DEPTH = 20  # config values are flat; deeper nesting is refused before it is built
+MAX_SEED = 2**32 - 1  # the largest seed NumPy and Keras take
 
 
 class ConfigError(EmorecError, ValueError):
@@ -91,6 +105,7 @@ class TrainConfig:
     recipe: str = _field("", "name of the recipe these values started from, if any")
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check_choice("arch", self.arch, ARCHITECTURES)
         _check_choice("color_mode", self.color_mode, COLOR_MODES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -108,6 +123,7 @@ class TrainConfig:
         _check_range("patience", self.patience, 0, 10_000)
         _check_range("time_limit", self.time_limit, 0.0, 1e6)
         _check_range("warmup_epochs", self.warmup_epochs, 0, 10_000)
+        _check_range("seed", self.seed, 0, MAX_SEED)
         _check_choice("targets", self.targets, LABEL_TARGETS)
         _check_choice("unsure", self.unsure, LABEL_UNSURE)
         _check_range("folder_weight", self.folder_weight, 0.0, 1.0)
@@ -244,23 +260,34 @@ CHOICES: dict[str, tuple[str, ...]] = {
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The values of a JSON or YAML config file (a run's own config.json works), as a dict.
 
-    Raises ConfigError naming the file when it is missing, unreadable or not a mapping.
+    Raises ConfigError naming the file when it is missing, not a regular file, over
+    MAX_CONFIG_BYTES, not valid JSON/YAML (YAML aliases and deep nesting included) or not
+    a mapping of names to values. The values' types are checked when a config is built from them.
     """
+    from emorec.files import InputFileError, read_limited
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: {error.strerror or error}") from None
+        text = read_limited(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except InputFileError as error:
+        raise ConfigError(str(error)) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
     is_yaml = path.suffix.lower() in (".yaml", ".yml")
     try:
         values = _parse_yaml(text) if is_yaml else json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply (config values are flat)") from None
     except ValueError as error:
-        raise ConfigError(f"{path}: not valid {'YAML' if is_yaml else 'JSON'}: {error}") from None
-    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: not valid {'YAML' if is_yaml else 'JSON'}: {_first_line(error)}") from None
+    if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
         raise ConfigError(f"{path}: expected a mapping of config keys to values")
     return values
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines[:3])[:300]
 
 
 def _parse_yaml(text: str) -> Any:
@@ -269,8 +296,30 @@ def _parse_yaml(text: str) -> Any:
     except ImportError:
         raise ValueError("reading YAML needs PyYAML (pip install pyyaml); JSON needs nothing more") from None
 
+    class FlatLoader(yaml.SafeLoader):
+        """SafeLoader without aliases (a few aliased lists expand to gigabytes) and with a depth bound."""
+
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config file", mark)
+            self.depth += 1
+            if self.depth > MAX_CONFIG_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_CONFIG_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=FlatLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ValueError(f"{where}{error.problem or error.context}") from None
     except yaml.YAMLError as error:
         raise ValueError(str(error)) from None
 
@@ -280,8 +329,9 @@ def train_config(recipe: str = "", **overrides: Any) -> TrainConfig:
 
     Unknown keys and unknown recipes raise ConfigError naming the culprit.
     """
-    if recipe and recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    if not isinstance(recipe, str) or (recipe and recipe not in RECIPES):
+        raise ConfigError(f"unknown recipe {_short(recipe)}; choose from {', '.join(RECIPES)}", "recipe",
+                          f"{_short(recipe)} is not one of: {', '.join(RECIPES)}")
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -310,6 +360,7 @@ class PredictConfig:
     actors: int = _field(0, "ray: classifier actors, each loading the model once (0: one per 3 CPUs)")
 
     def __post_init__(self) -> None:
+        check_types(self, also={"tta": (bool, type(None))})  # tta_mode reads switches too
         self.tta = tta_mode(self.tta)
         _check_range("stride", self.stride, 1, 100_000)
         _check_range("smooth", self.smooth, 0.0, 0.99)
@@ -338,6 +389,7 @@ class ServeConfig:
                                           "slower ones get 408")
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check_range("port", self.port, 0, 65_535)
         _check_range("workers", self.workers, 1, 256)
         _check_range("queue", self.queue, 1, 100_000)
@@ -358,6 +410,9 @@ class ExplainConfig:
     detector: str = _field("auto", "face detector name (see emorec.faces)")
     detect: bool = _field(True, "False treats every input as an already cropped face")
     exist_ok: bool = _field(False, "allow overwriting PNGs")
+
+    def __post_init__(self) -> None:
+        check_types(self)
 
 
 def comma_list(text: str) -> list[str]:
@@ -383,18 +438,88 @@ def tta_mode(tta: bool | str | None) -> str:
     return mode
 
 
+def check_types(config: Any, also: dict[str, type | tuple[type, ...]] | None = None) -> None:
+    """Check every field of a config dataclass against its annotated type, in place; ConfigError naming the first
+    field whose value does not fit.
+
+    Whole-valued floats become ints (5.0 -> 5), ints become floats, paths become text; nothing else is converted:
+    a string is never a switch or a number. `also` names extra types a field takes (checked later by the field).
+    """
+    hints = typing.get_type_hints(type(config))
+    for item in fields(config):
+        value = getattr(config, item.name)
+        if also and item.name in also and isinstance(value, also[item.name]):
+            continue
+        setattr(config, item.name, _typed(item.name, value, hints[item.name]))
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    if value is None and type(None) in kinds:
+        return None
+    for kind in kinds:
+        converted = _as_kind(value, kind)
+        if converted is not _MISMATCH:
+            return converted
+    if name == "devices" and _as_kind(value, int) is not _MISMATCH:
+        return value  # a count of devices may be written as a number; _check_devices reads it
+    expected = " or ".join(_KIND_NAMES.get(kind, "a mapping" if typing.get_origin(kind) is dict else str(kind))
+                           for kind in kinds)
+    problem = f"expected {expected}, got {_short(value)} ({_type_name(value)})"
+    raise ConfigError(f"{name}: {problem}", name, problem)
+
+
+_MISMATCH = object()
+_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
+               type(None): "null", list[str]: "a list of text"}
+
+
+def _as_kind(value: Any, kind: Any) -> Any:
+    """value as kind, or _MISMATCH; only conversions that cannot change what the user meant."""
+    if kind is bool:
+        return value if isinstance(value, bool) else _MISMATCH
+    if isinstance(value, bool):
+        return _MISMATCH  # True is an int to Python, but never a count or a rate here
+    if kind is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) else _MISMATCH
+    if kind is float:
+        return float(value) if isinstance(value, (int, float)) else _MISMATCH
+    if kind is str:
+        return os.fspath(value) if isinstance(value, (str, os.PathLike)) else _MISMATCH
+    if kind is dict or typing.get_origin(kind) is dict:
+        return value if isinstance(value, dict) else _MISMATCH
+    if typing.get_origin(kind) is list:
+        if isinstance(value, (list, tuple)) and all(isinstance(item, (str, os.PathLike)) for item in value):
+            return [os.fspath(item) for item in value]
+        return _MISMATCH
+    return _MISMATCH
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "a whole number", float: "a number", str: "text", list: "a list",
+            dict: "a mapping", bytes: "binary data", type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        problem = f"{value!r} is not one of: {', '.join(choices)}"
+        problem = f"{_short(value)} is not one of: {', '.join(choices)}"
         raise ConfigError(f"{name}={problem}", name, problem)
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        problem = f"{value!r} is not a number"
+        problem = f"{_short(value)} is not a number"
         raise ConfigError(f"{name}={problem}", name, problem)
     if not low <= value <= high:
-        problem = f"{value!r} is out of range [{low}, {high}]"
+        problem = f"{_short(value)} is out of range [{low}, {high}]"
         raise ConfigError(f"{name}={problem}", name, problem)
 
 
@@ -402,7 +527,7 @@ def _check_devices(value: Any) -> str:
     """A device count: a whole number of at least 1, or "all" (stored as text either way)."""
     text = str(value).strip().lower()
     if isinstance(value, bool) or not (text == "all" or (text.isdigit() and int(text) >= 1)):
-        problem = f"{value!r} is not a number of devices (1, 2, ...) or 'all'"
+        problem = f"{_short(value)} is not a number of devices (1, 2, ...) or 'all'"
         raise ConfigError(f"devices={problem}", "devices", problem)
     return text if text == "all" else str(int(text))
 
@@ -413,5 +538,5 @@ def _check_folder_name(name: str, value: str) -> None:
     try:
         check_folder_name(value)
     except ValueError:
-        problem = f"{value!r} must be a single folder name (no '/', not '.' or '..')"
+        problem = f"{_short(value)} must be a single folder name (no '/', not '.' or '..')"
         raise ConfigError(f"{name}={problem}", name, problem) from None

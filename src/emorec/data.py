@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import lzma
 import os
+import re
 import shutil
 import tempfile
 import warnings
 import zipfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -29,6 +30,11 @@ from emorec.files import InputFileError, atomic_open, check_output_path, file_id
 from emorec.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from emorec.preprocess import to_model_input
 
+MAX_PACK_BYTES = 8 * 2**30  # the arrays a pack may declare (its splits read at once); FER2013 at 48x48 is 83 MB
+MAX_CLASSES = 1000  # in a pack or a label file: more is a broken file, not a dataset
+_PACK_MEMBER = re.compile(r"^(\w+)_(images|labels)\.npy$")
+_MAX_PACK_MEMBERS = 64
+_MAX_NAME = 256  # characters of a class name in a pack
 VIEW_PREFIX = "emorec-clean-"  # folder names of clean_view's temporary trees
 
 
@@ -380,21 +386,134 @@ def save_pack(path: str | Path, splits: dict[str, ArrayData], overwrite: bool = 
     return path
 
 
-def load_pack(path: str | Path) -> dict[str, ArrayData]:
-    """Read a pack written by `save_pack`: {split name: ArrayData}."""
+def load_pack(path: str | Path, splits: Sequence[str] | None = None,
+              max_bytes: int = MAX_PACK_BYTES) -> dict[str, ArrayData]:
+    """Read a pack written by `save_pack`: {split name: ArrayData}, only the named splits it has (None: all).
+
+    Every member is checked from its .npy header before any array is read (names, dtypes, shapes, and
+    that the splits read fit in max_bytes), then labels against the class names; an .xz pack is
+    decompressed at most max_bytes far. Raises DatasetError naming the file and the problem.
+    """
     path = Path(path)
+    with _pack_errors(path), _open_pack(path, max_bytes) as handle, zipfile.ZipFile(handle) as archive:
+        layout = _pack_layout(archive)
+        wanted = [split for split in layout if splits is None or split in splits]
+        _check_pack_bytes(layout, wanted, max_bytes)
+        handle.seek(0)
+        stored = np.load(handle, allow_pickle=False)
+        names = _pack_class_names(stored["class_names"])
+        return {split: _pack_split(stored, split, names) for split in wanted}
+
+
+def pack_splits(path: str | Path) -> list[str]:
+    """The split names of a pack, read from its member names (the arrays are not read)."""
+    path = Path(path)
+    with _pack_errors(path), _open_pack(path, MAX_PACK_BYTES) as handle, zipfile.ZipFile(handle) as archive:
+        return list(_pack_layout(archive))
+
+
+@contextmanager
+def _pack_errors(path: Path) -> Iterator[None]:
+    """Any failure to read the pack at path as one DatasetError naming it; FIFOs and devices are not opened."""
     try:
         stat_regular(path)
+        yield
     except InputFileError as error:
         raise DatasetError(str(error).replace("no such file", "no such pack file")) from None
-    try:
-        with (lzma.open(path, "rb") if path.suffix == ".xz" else open(path, "rb")) as handle:
-            stored = dict(np.load(handle, allow_pickle=False))
-        names = [str(n) for n in stored.pop("class_names")]
-    except (ValueError, EOFError, KeyError, lzma.LZMAError, zipfile.BadZipFile) as error:
-        raise DatasetError(f"{path}: not a pack written by emorec pack ({error})") from None
-    splits = sorted({key.rsplit("_", 1)[0] for key in stored})
-    return {s: ArrayData(stored[f"{s}_images"], stored[f"{s}_labels"], names) for s in splits}
+    except PackError as error:
+        raise DatasetError(f"{path}: {error}") from None
+    except (zipfile.BadZipFile, lzma.LZMAError, EOFError, OSError, ValueError) as error:
+        raise DatasetError(f"{path}: not a pack made by `emorec pack` ({' '.join(str(error).split())[:200]})") from None
+
+
+class PackError(ValueError):
+    """A pack member that is not what `emorec pack` writes (the caller names the file)."""
+
+
+@contextmanager
+def _open_pack(path: Path, max_bytes: int) -> Iterator:
+    """A seekable binary handle on the pack's zip archive; an .xz pack is refused when it decompresses past
+    max_bytes (plus room for headers), counted while streaming, before anything is kept."""
+    if path.suffix != ".xz":
+        with open(path, "rb") as handle:
+            yield handle
+        return
+    limit, total = max_bytes + 2**20, 0
+    with lzma.open(path, "rb") as stream:
+        while chunk := stream.read(2**20):
+            total += len(chunk)
+            if total > limit:
+                raise PackError(f"decompresses to more than {limit:,} bytes, over the limit for a pack")
+        stream.seek(0)
+        yield stream
+
+
+def _pack_layout(archive: zipfile.ZipFile) -> dict[str, dict[str, tuple]]:
+    """{split: {"images": (shape, dtype), "labels": (shape, dtype)}} plus the class_names header, checked."""
+    if len(archive.namelist()) > _MAX_PACK_MEMBERS:
+        raise PackError(f"{len(archive.namelist()):,} members; a pack has class_names and two per split")
+    headers = {name: _npy_header(archive, name) for name in archive.namelist()}
+    if "class_names.npy" not in headers:
+        raise PackError("no class_names member")
+    shape, dtype = headers.pop("class_names.npy")
+    if dtype.kind != "U" or len(shape) != 1 or not 2 <= shape[0] <= MAX_CLASSES or dtype.itemsize > 4 * _MAX_NAME:
+        raise PackError(f"class_names must be 2 to {MAX_CLASSES} names of at most {_MAX_NAME} characters, "
+                        f"not {dtype} of shape {shape}")
+    layout: dict[str, dict[str, tuple]] = {}
+    for name, header in headers.items():
+        match = _PACK_MEMBER.match(name)
+        if not match:
+            raise PackError(f"unexpected member {name!r} (a pack holds class_names and SPLIT_images, SPLIT_labels)")
+        layout.setdefault(match[1], {})[match[2]] = header
+    for split, members in layout.items():
+        _check_split_headers(split, members)
+    if not layout:
+        raise PackError("no split (train_images, val_images, ...)")
+    return dict(sorted(layout.items()))
+
+
+def _npy_header(archive: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    with archive.open(name) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0)):
+            raise PackError(f"{name}: .npy format version {version} is not one `emorec pack` writes")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(member)
+    return tuple(shape), dtype
+
+
+def _check_split_headers(split: str, members: dict[str, tuple]) -> None:
+    if set(members) != {"images", "labels"}:
+        raise PackError(f"split {split!r} needs both {split}_images and {split}_labels")
+    (shape, dtype), (label_shape, label_dtype) = members["images"], members["labels"]
+    sides_ok = len(shape) == 4 and 1 <= shape[1] <= 4096 and 1 <= shape[2] <= 4096
+    if dtype != np.uint8 or not sides_ok or shape[3] not in (1, 3):
+        raise PackError(f"{split}_images must be uint8 images (N, H, W, 1 or 3), not {dtype} of shape {shape}")
+    if label_dtype.kind not in "iu" or len(label_shape) != 1 or label_shape[0] != shape[0]:
+        raise PackError(f"{split}_labels must be {shape[0]} whole-number labels, "
+                        f"not {label_dtype} of shape {label_shape}")
+
+
+def _check_pack_bytes(layout: dict[str, dict[str, tuple]], splits: list[str], max_bytes: int) -> None:
+    declared = sum(int(np.prod(shape, dtype=object)) * dtype.itemsize
+                   for split in splits for shape, dtype in layout[split].values())
+    if declared > max_bytes:
+        raise PackError(f"its headers declare {declared:,} bytes of arrays, over the {max_bytes:,}-byte limit")
+
+
+def _pack_class_names(stored: np.ndarray) -> list[str]:
+    names = [str(name) for name in stored]
+    if any(not name.strip() for name in names) or len(set(names)) != len(names):
+        raise PackError(f"class_names must be distinct, non-empty names, not {names[:10]}")
+    return names
+
+
+def _pack_split(stored, split: str, names: list[str]) -> ArrayData:
+    labels = stored[f"{split}_labels"]
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+        bad = labels[(labels < 0) | (labels >= len(names))][0]
+        raise PackError(f"{split}_labels holds {bad}, not a class index 0..{len(names) - 1}")
+    return ArrayData(stored[f"{split}_images"], labels.astype(np.int32), names)
 
 
 def is_pack(path: str | Path) -> bool:

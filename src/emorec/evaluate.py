@@ -98,11 +98,11 @@ def load_eval_data(source: str | Path, class_names: list[str], image_size: int, 
     (scoring the data a model was trained on would report a figure that means nothing).
     """
     if data_lib.is_pack(source):
-        splits = data_lib.load_pack(source)
+        splits = data_lib.pack_splits(source)
         held_out = [split for split in ("test", "val") if split in splits]
         if not held_out:
             raise data_lib.DatasetError(f"{source}: no 'test' or 'val' split to evaluate on (it has: {', '.join(splits)})")
-        arrays = splits[held_out[0]]
+        arrays = data_lib.load_pack(source, held_out[:1])[held_out[0]]  # the training split is never read
         arrays.images = data_lib.fit_arrays(arrays.images, image_size, channels)
     else:
         report = data_lib.scan_dataset(source, progress=progress)

@@ -12,6 +12,9 @@ Two layouts are read, both keyed by a `path` column relative to the image folder
 A row's majority follows FER+'s rule: with ten or so annotators, a class with a
 single vote is an outlier and is dropped; the top class then needs more than half
 of the remaining votes. Probabilities (rows summing to 1) keep all their mass.
+
+A path listed twice is read once when both rows say the same, and refused (naming both
+lines) when they differ. A file names at most MAX_CLASSES classes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from emorec.config import LABEL_TARGETS, LABEL_UNSURE, comma_list, rename_pairs
-from emorec.data import DatasetError, ScanReport
+from emorec.data import MAX_CLASSES, DatasetError, ScanReport
 from emorec.files import InputFileError, read_limited
 
 PATH_COLUMN = "path"
@@ -123,7 +126,7 @@ def _renamed(spec: LabelSpec, name: str) -> str:
 
 def _label_layout(path: Path, header: list[str], body: list[list[str]], spec: LabelSpec) -> LabelTable:
     at_path, at_label = header.index(PATH_COLUMN), header.index(LABEL_COLUMN)
-    paths, labels, skipped = [], [], {}
+    paths, labels, skipped, lines = [], [], {}, {}
     for number, row in enumerate(body, start=2):
         cells = row + [""] * (len(header) - len(row))
         label = _renamed(spec, cells[at_label].strip())
@@ -131,10 +134,11 @@ def _label_layout(path: Path, header: list[str], body: list[list[str]], spec: La
             skipped[f"line {number}"] = "empty path"
         elif not label or label in spec.not_classes:
             skipped[_normal(cells[at_path])] = f"line {number}: {'no label' if not label else label}"
-        else:
+        elif _first_time(path, lines, _normal(cells[at_path]), number, label):
             paths.append(_normal(cells[at_path]))
             labels.append(label)
     names = sorted(set(labels))
+    _check_usable(path, names, len(paths), len(body), skipped)
     votes = np.zeros((len(labels), len(names)), np.float32)
     votes[np.arange(len(labels)), [names.index(label) for label in labels]] = 1
     return LabelTable(names, paths, votes, np.zeros(len(labels), np.float32), "label", path, skipped)
@@ -147,13 +151,15 @@ def _vote_layout(path: Path, header: list[str], body: list[list[str]], spec: Lab
         raise LabelFileError(f"{path}: no vote column(s) {', '.join(unknown)} (vote columns: "
                              f"{', '.join(header[i] for i in numeric)})")
     classes = [i for i in numeric if header[i] not in spec.not_classes]
+    if len(classes) > MAX_CLASSES:
+        raise LabelFileError(f"{path}: {len(classes):,} class columns, more than the {MAX_CLASSES:,} a model can have")
     others = [i for i in numeric if header[i] in spec.not_classes]
     names = [_renamed(spec, header[i]) for i in classes]
     if len(classes) < 2 or len(set(names)) != len(names):
         raise LabelFileError(f"{path}: need a 'label' column or at least two distinct class columns of numbers "
                              f"(found: {', '.join(names) or 'none'})")
     at_path = header.index(PATH_COLUMN)
-    paths, votes, other, skipped = [], [], [], {}
+    paths, votes, other, skipped, lines = [], [], [], {}, {}
     for number, row in enumerate(body, start=2):
         cells = row + [""] * (len(header) - len(row))
         values = [cells[i].strip() for i in classes + others]
@@ -166,12 +172,37 @@ def _vote_layout(path: Path, header: list[str], body: list[list[str]], spec: Lab
             if not np.isfinite(numbers).all() or (numbers < 0).any() or not numbers[:len(classes)].any():
                 skipped[_normal(cells[at_path])] = f"line {number}: no class votes, or votes not finite and positive"
                 continue
+            if not _first_time(path, lines, _normal(cells[at_path]), number, tuple(numbers.tolist())):
+                continue
             paths.append(_normal(cells[at_path]))
             votes.append(numbers[:len(classes)])
             other.append(numbers[len(classes):].sum())
+    _check_usable(path, names, len(paths), len(body), skipped)
     order = np.argsort(names, kind="stable")  # models list classes alphabetically, like folder names
     table = np.array(votes, np.float32).reshape(-1, len(classes))[:, order]
     return LabelTable([names[i] for i in order], paths, table, np.array(other, np.float32), "votes", path, skipped)
+
+
+def _first_time(file: Path, lines: dict[str, tuple[int, object]], path: str, number: int, value: object) -> bool:
+    """True the first time path is listed, False for a repeat of the same row; LabelFileError for one that differs."""
+    if path not in lines:
+        lines[path] = (number, value)
+        return True
+    first, earlier = lines[path]
+    if earlier != value:
+        raise LabelFileError(f"{file}: {path} is listed on line {first} and again, with other labels, on line {number}")
+    return False
+
+
+def _check_usable(path: Path, names: list[str], usable: int, rows: int, skipped: dict[str, str]) -> None:
+    """A file with no usable row, or with more classes than a model can have, cannot be used at all."""
+    if not usable:
+        where, reason = next(iter(skipped.items()), ("", ""))
+        why = f", {len(skipped)} skipped, first: {where}: {reason}" if skipped else ""
+        raise LabelFileError(f"{path}: no row with a usable label ({rows} row(s){why})")
+    if len(names) > MAX_CLASSES:
+        raise LabelFileError(f"{path}: {len(names):,} distinct labels, more than the {MAX_CLASSES:,} classes a model "
+                             "can have (is the label column right?)")
 
 
 def _is_numeric(body: list[list[str]], column: int) -> bool:

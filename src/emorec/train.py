@@ -12,6 +12,7 @@ A run folder (`runs/<name>/`) holds:
     resume/              while the run is unfinished: what `emorec train --resume` needs (the training
                          weights with the optimizer state, so step count, schedule position and EMA,
                          plus the history and the early-stopping and plateau counters)
+    .emorec.lock         locked while a process trains in the folder: a second train or resume into it is refused
 
 Every file is replaced atomically, so a run stopped at any moment (Ctrl-C, SIGTERM, kill -9, power loss)
 leaves the files of its last completed epoch, and `resume` continues from there.
@@ -25,6 +26,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import os
 import shutil
 import sys
 import time
@@ -38,20 +40,27 @@ import keras
 
 from emorec import data as data_lib
 from emorec import distill
-from emorec.catalog import keras_path
-from emorec.config import ConfigError, TrainConfig, read_config_file
+from emorec.catalog import onnx_path
+from emorec.config import ConfigError, TrainConfig, check_types, read_config_file
 from emorec.errors import EmorecError, UsageError
 from emorec.evaluate import EvalReport, compute_metrics, plot_history, write_report
-from emorec.files import atomic_path, atomic_write_bytes, atomic_write_text, new_run_dir, save_figure, write_json
+from emorec.files import (InputFileError, atomic_path, atomic_write_bytes, atomic_write_text, check_output_path,
+                          new_run_dir, read_limited, save_figure, stat_regular, write_json)
 from emorec.labels import LabelledImages, LabelSpec, label_report, read_label_file
 from emorec.model import (ModelInfo, build_model, inference_copy, load_model, load_weights_from,
                           predict_probabilities, read_info, save_model, undo_class_weights)
 
 RESUME_DIR = "resume"
+LOCK_FILE = ".emorec.lock"  # held (flock) by the one process training in a run folder
+MAX_STATE_BYTES = 64 * 2**20  # state.json holds a few numbers per epoch
 
 
 class TrainingDiverged(EmorecError, ValueError):
     """The loss became NaN or infinite; the run folder keeps the last good epoch."""
+
+
+class ResumeError(ValueError):
+    """A run folder whose saved state does not let the run go on; the message names the file and why."""
 
 
 class RunInterrupted(Exception):
@@ -92,10 +101,86 @@ class RunState:
     callbacks: dict[str, dict] = field(default_factory=dict)  # counters of early stopping and plateau
 
     @classmethod
-    def load(cls, run_dir: Path) -> "RunState":
-        """The saved state of run_dir, or a fresh one when no epoch was completed."""
+    def load(cls, run_dir: Path, epochs: int | None = None) -> "RunState":
+        """The saved state of run_dir, checked like a config (types, known keys, 0 <= epoch <= epochs, and
+        when epochs is given, a readable weights file). `train` writes it before the first epoch.
+
+        Raises ResumeError naming resume/state.json (or the weights file) when the run cannot go on from it.
+        """
         path = run_dir / RESUME_DIR / "state.json"
-        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+        if not os.path.lexists(path):
+            raise ResumeError(f"{path}: missing, so where the run stands is unknown; it cannot be resumed "
+                              "(train again into it with --exist-ok, or start a new run)")
+        try:
+            values = json.loads(read_limited(path, MAX_STATE_BYTES))
+        except InputFileError as error:
+            raise ResumeError(f"{error}; the run cannot be resumed") from None
+        except (ValueError, RecursionError):
+            raise ResumeError(f"{path}: not valid JSON; the run cannot be resumed") from None
+        return cls.from_dict(values, path, epochs)
+
+    @classmethod
+    def from_dict(cls, values, path: Path, epochs: int | None = None) -> "RunState":
+        """A state from the values of a state.json at path; ResumeError naming path and the key at fault."""
+        known = {item.name for item in dataclasses.fields(cls)}
+        if not isinstance(values, dict) or set(values) - known:
+            extra = ", ".join(sorted(map(str, set(values) - known))) if isinstance(values, dict) else ""
+            raise ResumeError(f"{path}: expected a mapping of {', '.join(sorted(known))}"
+                              + (f"; unknown key(s): {extra}" if extra else ""))
+        try:
+            state = cls(**values)
+            check_types(state)
+            state._check(epochs)
+        except ConfigError as error:
+            raise ResumeError(f"{path}: {error}; the run cannot be resumed") from None
+        if epochs is not None and state.epoch:  # resuming: the weights it names must load
+            _check_weights_file(path.parent, state.weights)
+        return state
+
+    def save(self, run_dir: Path) -> None:
+        """Write resume/state.json of run_dir (atomically)."""
+        (run_dir / RESUME_DIR).mkdir(exist_ok=True)
+        write_json(run_dir / RESUME_DIR / "state.json", asdict(self))
+
+    def _check(self, epochs: int | None) -> None:
+        if not 0 <= self.epoch <= (epochs if epochs is not None else self.epoch):
+            raise ConfigError(f"epoch: {self.epoch} is not a completed epoch count of a {epochs}-epoch run", "epoch")
+        for key, values in self.history.items():
+            if not (isinstance(values, list) and len(values) == self.epoch
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                raise ConfigError(f"history: {key!r} is not a list of {self.epoch} numbers", "history")
+        if self.seconds < 0 or not all(isinstance(v, dict) for v in self.callbacks.values()):
+            raise ConfigError("seconds or callbacks: negative time or counters that are not mappings", "callbacks")
+
+
+def _check_weights_file(folder: Path, name: str) -> None:
+    """Raise ResumeError unless name is a readable weights file in folder (HDF5, as Keras writes it)."""
+    import h5py
+
+    if not name or Path(name).name != name or not name.endswith(".weights.h5"):
+        raise ResumeError(f"{folder / 'state.json'}: weights: {name!r} is not the name of a .weights.h5 file "
+                          f"in {folder}")
+    path = folder / name
+    try:
+        stat_regular(path)
+        with h5py.File(path, "r"):
+            pass
+    except (InputFileError, OSError) as error:
+        reason = str(error).split(": ", 1)[-1] if isinstance(error, InputFileError) else "truncated or not HDF5"
+        raise ResumeError(f"{path}: cannot be read ({reason}); the run cannot be resumed from it") from None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold the run folder's lock for the block: a second train or resume into the same folder fails at once."""
+    import fcntl
+
+    with open(run_dir / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ResumeError(f"{run_dir}: already running in another process (its {LOCK_FILE} is locked)") from None
+        yield
 
 
 @dataclass
@@ -165,6 +250,10 @@ def _labelled(cfg: TrainConfig, reports: list[data_lib.ScanReport]) -> list[Labe
         raise data_lib.DatasetError(f"{cfg.val_labels}: classes {labelled[1].class_names} differ from {cfg.labels}'s {names}")
     if not len(labelled[0].targets(cfg.targets, cfg.unsure)[0]):
         raise data_lib.DatasetError(f"{cfg.labels}: no image of {cfg.data} has a usable label")
+    val_file, val_images = (cfg.val_labels, labelled[1]) if len(labelled) > 1 else (cfg.labels, labelled[0])
+    if not (val_images.majority >= 0).any():  # validation scores the majority label
+        raise data_lib.DatasetError(f"{val_file}: no validation image has a majority label, so none can be scored "
+                                    "(validation needs rows where one class has more than half the votes)")
     return labelled
 
 
@@ -235,16 +324,18 @@ def _check_classes(report: data_lib.ScanReport, source) -> None:
 
 
 def _pack_arrays(cfg: TrainConfig) -> tuple[data_lib.ArrayData, data_lib.ArrayData]:
-    splits = data_lib.load_pack(cfg.data)
+    splits = data_lib.load_pack(cfg.data, ["train"] if cfg.val else ["train", "val"])
     if "train" not in splits:
-        raise data_lib.DatasetError(f"{cfg.data}: no 'train' split (it has: {', '.join(splits)})")
+        has = ", ".join(data_lib.pack_splits(cfg.data))
+        raise data_lib.DatasetError(f"{cfg.data}: no 'train' split (it has: {has})")
     train, sources = splits["train"], {"train": cfg.data}
     if cfg.val:
-        if not data_lib.is_pack(cfg.val) or "val" not in data_lib.load_pack(cfg.val):
+        val_split = data_lib.load_pack(cfg.val, ["val"]).get("val") if data_lib.is_pack(cfg.val) else None
+        if val_split is None:
             raise data_lib.DatasetError(f"{cfg.val}: a pack's training data needs a pack with a 'val' split as --val")
         if Path(cfg.val).resolve() == Path(cfg.data).resolve():
             warnings.warn(f"{cfg.val}: the validation pack is the training pack", stacklevel=3)
-        val, sources["val"] = data_lib.load_pack(cfg.val)["val"], cfg.val
+        val, sources["val"] = val_split, cfg.val
     elif "val" in splits:
         val, sources["val"] = splits["val"], f"{cfg.data} (its 'val' split)"
     else:
@@ -284,9 +375,12 @@ def _from_label_files(cfg: TrainConfig, labelled: list[LabelledImages], progress
         held_out = held_out[train.majority[keep[held_out]] >= 0]  # scored on the majority, like a val file
         val_images, val_labels = images[held_out], train.majority[keep[held_out]]
         images, targets = images[kept], targets[kept]
+    if not len(val_labels):
+        raise data_lib.DatasetError(f"{cfg.labels}: no held-out validation image has a majority label; "
+                                    "raise --val-split or give --val and --val-labels")
     num_classes = len(train.class_names)
     return TrainingData(
-        train=(images, targets),
+        train=(images, _as_model_targets(targets)),
         val=(val_images, _targets(val_labels, num_classes)),
         val_arrays=(val_images, val_labels),
         class_names=train.class_names,
@@ -322,6 +416,11 @@ def _split_order(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     order = np.random.default_rng(seed).permutation(count)
     cut = int(round(count * (1 - fraction)))
     return order[:cut], order[cut:]
+
+
+def _as_model_targets(distributions: np.ndarray) -> np.ndarray:
+    """Class distributions as the model's output takes them: two classes are one sigmoid, p(second class)."""
+    return distributions[:, 1:] if distributions.shape[1] == 2 else distributions
 
 
 def _targets(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -491,14 +590,13 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def _save_state(self):
         folder = self.run.dir / RESUME_DIR
-        folder.mkdir(exist_ok=True)
         name = f"epoch-{self.state.epoch:04d}.weights.h5"
         with atomic_path(folder / name, suffix=".weights.h5") as tmp:  # fsynced before state.json names it
             self.model.save_weights(tmp)
         self.state.weights = name
         self.state.callbacks = {type(cb).__name__: {k: _plain(getattr(cb, k)) for k in self.STATEFUL if hasattr(cb, k)}
                                 for cb in self.others if isinstance(cb, self.COUNTED)}
-        write_json(folder / "state.json", asdict(self.state))
+        self.state.save(self.run.dir)
         for old in folder.glob("epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink()
@@ -542,13 +640,34 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
     data_parallel(cfg)  # a device count this machine cannot give fails before anything is read or written
     cfg = cfg.with_absolute_paths()
     if cfg.weights:
-        read_info(keras_path(cfg.weights))  # a missing or foreign file fails before the data loads
+        _check_weights_fit(cfg)  # a missing, foreign or mismatched model fails before the data loads
     distill.check_teachers(cfg.teacher)
+    check_output_path(cfg.project, folder=True)  # a file named like the project folder fails before the scan
     sources = check_training_data(cfg, progress)
     run_dir = new_run_dir(cfg.project, cfg.run_name, cfg.exist_ok)
-    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # a reused folder's unfinished run starts over
-    cfg.save(run_dir / "config.json")
-    return _run(cfg, sources, run_dir, RunState(), progress, discard_on_failure=not cfg.exist_ok)
+    with run_lock(run_dir):
+        shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # a reused folder's unfinished run starts over
+        cfg.save(run_dir / "config.json")
+        RunState().save(run_dir)  # a run killed before its first epoch ends resumes from the start
+        return _run(cfg, sources, run_dir, RunState(), progress, discard_on_failure=not cfg.exist_ok)
+
+
+def settings_from_weights(weights: str) -> dict[str, object]:
+    """The arch, image_size and color_mode of a saved model (a bundled one by name): the model it can start."""
+    info = read_info(onnx_path(weights))
+    return {"arch": info.arch, "image_size": info.image_size, "color_mode": info.color_mode}
+
+
+def _check_weights_fit(cfg: TrainConfig) -> None:
+    """ConfigError naming --weights when the saved model cannot start the model cfg builds."""
+    settings = settings_from_weights(cfg.weights)
+    differ = [f"--{key.replace('_', '-')} {getattr(cfg, key)}" for key, value in settings.items()
+              if getattr(cfg, key) != value]
+    if differ:
+        model = f"a {settings['arch']} model for {settings['image_size']}px {settings['color_mode']} images"
+        problem = f"{cfg.weights} is {model}; it cannot start a model with {', '.join(differ)} " \
+                  "(leave them out to take the model's)"
+        raise ConfigError(f"weights: {problem}", "weights", problem)
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
@@ -561,14 +680,19 @@ def resume(run_dir: str | Path, progress: bool = True) -> RunResult:
     if not (run_dir / RESUME_DIR).is_dir() and (run_dir / "eval.json").is_file():
         raise UsageError(f"{run_dir}: the run is complete; nothing to resume")
     values = read_config_file(run_dir / "config.json")
-    cfg = train_config(values.pop("recipe", ""), **values)
+    try:
+        cfg = train_config(values.pop("recipe", ""), **values)
+    except ConfigError as error:
+        raise ConfigError(f"{run_dir / 'config.json'}: {error}") from None
     data_parallel(cfg)
-    sources = check_training_data(cfg, progress)
-    last = run_dir / "weights" / "last.keras"
-    if last.is_file() and read_info(last).class_names != sources.class_names:
-        raise data_lib.DatasetError(f"{cfg.data}: classes {sources.class_names} are no longer the run's "
-                                    f"{read_info(last).class_names}; the run cannot go on with this data")
-    return _run(cfg, sources, run_dir, RunState.load(run_dir), progress, discard_on_failure=False)
+    with run_lock(run_dir):
+        state = RunState.load(run_dir, cfg.epochs)
+        sources = check_training_data(cfg, progress)
+        last = run_dir / "weights" / "last.keras"
+        if last.is_file() and read_info(last).class_names != sources.class_names:
+            raise data_lib.DatasetError(f"{cfg.data}: classes {sources.class_names} are no longer the run's "
+                                        f"{read_info(last).class_names}; the run cannot go on with this data")
+        return _run(cfg, sources, run_dir, state, progress, discard_on_failure=False)
 
 
 def _run(cfg: TrainConfig, sources: TrainingSources, run_dir: Path, state: RunState, progress: bool,
@@ -584,12 +708,20 @@ def _run(cfg: TrainConfig, sources: TrainingSources, run_dir: Path, state: RunSt
         finally:
             _remove(data.cleanup)
     except BaseException as error:
-        done = RunState.load(run_dir).epoch
+        done = _epochs_done(run_dir)
         if done == 0 and discard_on_failure:  # nothing worth keeping: leave no empty run folder
             shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(error, KeyboardInterrupt):
             raise RunInterrupted(run_dir if run_dir.exists() else None, done) from error
         raise
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """Completed epochs of a run that just stopped (0 when its state cannot be read)."""
+    try:
+        return RunState.load(run_dir).epoch
+    except ResumeError:
+        return 0
 
 
 class _Run:
@@ -711,7 +843,7 @@ def _fit(cfg: TrainConfig, data: TrainingData, batches: TrainingData, run_dir: P
                   metrics=["accuracy"])
     if state.epoch:
         model.optimizer.build(model.trainable_variables)
-        model.load_weights(run_dir / RESUME_DIR / state.weights)  # weights, step, schedule position, EMA
+        _load_training_weights(model, run_dir / RESUME_DIR / state.weights)
     weights = class_weights(data.class_counts, cfg.class_weight)
     undone = list(weights.values()) if weights else None  # in class order
     run = _Run(cfg, run_dir, data.class_names, undone, resumed=state.epoch > 0)
@@ -728,6 +860,15 @@ def _fit(cfg: TrainConfig, data: TrainingData, batches: TrainingData, run_dir: P
         else:
             model.fit(batches.train, validation_data=batches.val, shuffle=False, **fit_args)  # reshuffled by tf.data
     return run, checkpoint
+
+
+def _load_training_weights(model: keras.Model, path: Path) -> None:
+    """The weights, step, schedule position and EMA of a run's last completed epoch; ResumeError if they do not fit."""
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ResumeError(f"{path}: cannot be loaded into this run's model ({reason})") from None
 
 
 @contextlib.contextmanager
