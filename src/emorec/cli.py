@@ -543,6 +543,8 @@ def _add_predict(commands) -> None:
     cmd.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are already face crops")
     _add_tta_flag(cmd)
     cmd.add_argument("--save-annotated", metavar="DIR", help="write copies with boxes and labels drawn into DIR")
+    cmd.add_argument("--report", metavar="DIR", help="write HTML reports into DIR: one page per video (each person's "
+                     "emotions over time), photos.html for the photos")
     cmd.add_argument("--stride", type=int, default=1, help="video: classify every N-th frame")
     cmd.add_argument("--smooth", type=float, default=0.0, help="video: smoothing of probabilities over frames, 0..0.99")
     cmd.add_argument("--exist-ok", action="store_true", help="replace existing output files")
@@ -571,7 +573,8 @@ def _predict(args) -> int:
         raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
     _check_predict_outputs(args, sources)
     cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
-                        save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok,
+                        save_annotated=args.save_annotated, report=args.report, stride=args.stride, smooth=args.smooth,
+                        exist_ok=args.exist_ok,
                         engine=args.engine, address=args.address, cpus=args.cpus, actors=args.actors)
     if cfg.engine == "ray":
         from emorec.distributed import run_predict_ray
@@ -599,8 +602,11 @@ def _check_predict_outputs(args, sources: list[str]) -> None:
         check_output_path(args.csv, sources)
         if Path(args.csv).exists() and not args.exist_ok:
             raise FileExistsError(f"{args.csv}: already exists (use --exist-ok to replace it)")
-    if args.save_annotated:
-        check_output_path(args.save_annotated, sources, folder=True)
+    for folder in (args.save_annotated, args.report):
+        if folder:
+            check_output_path(folder, sources, folder=True)
+    if args.report and args.engine == "ray":
+        raise ValueError("--report goes with --engine local")
     ray_only = [flag for flag in ("address", "cpus", "actors", "parquet") if getattr(args, flag)]
     if ray_only and args.engine != "ray":
         raise ValueError(f"--{ray_only[0]} goes with --engine ray")
