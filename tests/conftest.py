@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the checkout; EMOREC_TEST_DATA names another place (a checkout elsewhere).
+DATA = Path(os.environ.get("EMOREC_TEST_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 FER = DATA / "fer2013"
 PHOTOS = DATA / "photos"
 MODELS = Path(__file__).resolve().parents[1] / "src" / "emorec" / "models"
