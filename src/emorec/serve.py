@@ -3,6 +3,9 @@
     POST /v1/predict   multipart field `files` (one or more photos); ?tta=flip&detect=false
                        -> a JSON list, one object per file in upload order, shaped as
                           `emorec predict --json` prints it (source = the uploaded name)
+                       ?stream=ID: the file is the next frame of a live stream (the web
+                          page's webcam); each face gets `track`, an id that stays with
+                          the same person across that stream's frames
     GET  /v1/model     class names, input size, model file, versions, model card figures
     GET  /healthz      200 once the model is loaded
     GET  /             the web page (photos or the webcam; served from the package, works offline)
@@ -23,15 +26,22 @@ import os
 import re
 import tempfile
 import threading
+import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
+
 from emorec import __version__
 from emorec.config import ServeConfig, tta_mode
 from emorec.data import ImageReadError, read_image
+from emorec.faces import Face
 from emorec.recognizer import Prepared, Recognizer
+from emorec.report import emotion_colours
 from emorec.results import ImageResult
+from emorec.tracking import FaceTracker, face_descriptor
 
 WEB = Path(__file__).parent / "web"
 
@@ -117,6 +127,65 @@ def recognize_uploads(recognizer: Recognizer, uploads: list[tuple[str, bytes]]) 
     return results
 
 
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class StreamTrackers:
+    """A FaceTracker per live stream id, so each webcam keeps its own track ids.
+
+    At most `limit` streams are followed (a new one pushes out the one idle
+    longest) and a stream without a frame for `idle_seconds` is forgotten:
+    memory stays bounded whatever clients send. Frames are numbered by their
+    arrival time at `fps`, so the trackers' motion model sees real time
+    between frames however irregularly a browser posts them.
+    """
+
+    def __init__(self, limit: int = 64, idle_seconds: float = 60.0, fps: float = 10.0, buffer_seconds: float = 3.0,
+                 clock=time.monotonic):
+        self.limit, self.idle_seconds, self.fps, self.buffer_seconds = limit, idle_seconds, fps, buffer_seconds
+        self.clock, self.lock = clock, threading.Lock()
+        self.streams: OrderedDict[str, tuple[FaceTracker, float, float]] = OrderedDict()  # id -> tracker, start, last
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def assign(self, stream: str, prepared: Prepared, frame_size: tuple[int, int]) -> list[int]:
+        """Track ids for the faces of a stream's next frame, in the order of prepared.regions."""
+        boxes = [region.box if isinstance(region, Face) else (0, 0, *frame_size) for region in prepared.regions]
+        descriptors = [face_descriptor(crop) for crop in prepared.crops]
+        scores = [region.score if isinstance(region, Face) else 1.0 for region in prepared.regions]
+        with self.lock:
+            now = self.clock()
+            tracker, start = self._tracker(stream, now)
+            frame = max(round((now - start) * self.fps), (tracker.last_frame or 0) + 1)
+            return tracker.update(frame, np.array(boxes, float).reshape(-1, 4),
+                                  np.array(descriptors, np.float32), np.array(scores))
+
+    def _tracker(self, stream: str, now: float) -> tuple[FaceTracker, float]:
+        for old in [key for key, (*_, last) in self.streams.items() if now - last > self.idle_seconds]:
+            del self.streams[old]
+        tracker, start, _ = self.streams.pop(stream, None) or (FaceTracker(self.fps, self.buffer_seconds), now, now)
+        while len(self.streams) >= self.limit:
+            self.streams.popitem(last=False)  # the stream idle longest
+        self.streams[stream] = (tracker, start, now)
+        return tracker, start
+
+
+def recognize_frame(recognizer: Recognizer, upload: tuple[str, bytes], trackers: StreamTrackers, stream: str) -> dict:
+    """One frame of a live stream as `predict --json` shapes it, each face with its `track` id in that stream."""
+    name, payload = upload
+    try:
+        image = decode_upload(name, payload)
+        prepared = recognizer.prepare(image)
+    except (ImageReadError, ValueError) as error:
+        return ImageResult(name, error=str(error)).to_dict()
+    [faces] = recognizer.classify_prepared([prepared])
+    body = ImageResult(name, faces).to_dict()
+    for face, track in zip(body["faces"], trackers.assign(stream, prepared, image.shape[1::-1])):
+        face["track"] = track
+    return body
+
+
 def decode_upload(name: str, payload: bytes):
     """An uploaded file as a BGR array, through the same safe reader as files on disk; errors name the upload."""
     suffix = Path(name).suffix.lower()
@@ -157,6 +226,7 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
 
     state: dict = {}
     admission = Admission(cfg.queue)
+    trackers = StreamTrackers()
     pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="emorec-infer")
 
     @asynccontextmanager
@@ -184,11 +254,13 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
         path = rec.runtime.path
         return {"class_names": rec.class_names, "image_size": rec.info.image_size, "color_mode": rec.info.color_mode,
                 "arch": rec.info.arch, "model_file": path.name if path else None, "emorec_version": __version__,
-                "model_card": model_card_figures(path)}
+                "model_card": model_card_figures(path), "colours": emotion_colours(rec.class_names)}
 
     @app.post("/v1/predict")
     async def predict(files: list[UploadFile] = File(...), tta: str = Query("none", description="none, flip or multi"),
-                      detect: bool = Query(True, description="false: each file is already a face crop")):
+                      detect: bool = Query(True, description="false: each file is already a face crop"),
+                      stream: str | None = Query(None, description="a live stream's id (letters, digits, - and _): "
+                                                 "the file is its next frame and each face gets a `track` id")):
         """Faces and emotions for each uploaded photo, in upload order."""
         try:
             mode = tta_mode(tta)
@@ -196,9 +268,15 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
             raise HTTPException(422, str(error)) from None
         if len(files) > cfg.max_files:
             raise HTTPException(413, f"at most {cfg.max_files} files per request")
+        if stream is not None and (not STREAM_ID.fullmatch(stream) or len(files) != 1):
+            raise HTTPException(422, "stream: one frame per request, and an id of 1 to 64 letters, digits, - or _")
         uploads = [(file.filename or f"file{i + 1}", await file.read()) for i, file in enumerate(files)]
         rec = state["recognizer"].with_options(tta=mode, detect=detect)
-        results = await asyncio.get_running_loop().run_in_executor(pool, recognize_uploads, rec, uploads)
+        loop = asyncio.get_running_loop()
+        if stream is not None:
+            body = await loop.run_in_executor(pool, recognize_frame, rec, uploads[0], trackers, stream)
+            return JSONResponse([body], status_code=422 if body["error"] else 200)
+        results = await loop.run_in_executor(pool, recognize_uploads, rec, uploads)
         body = [result.to_dict() for result in results]
         return JSONResponse(body, status_code=422 if all(r.error for r in results) else 200)
 
