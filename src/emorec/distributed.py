@@ -42,6 +42,7 @@ from emorec.files import atomic_path, check_targets
 from emorec.predict import PHOTOS_PER_CALL, error_line, expand_sources, plan_sources, read_photo, video_outputs
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, ImageResult, VideoSummary
+from emorec.results import rows as result_rows
 from emorec.runtime import load_runtime, model_path, read_info
 from emorec.video import FrameCsv, capture_fps, count_faces, is_video, open_capture, read_frames, smooth_faces
 
@@ -72,17 +73,8 @@ def row_schema(class_names: list[str]):
 
 def rows_of(result: ImageResult, class_names: list[str], frame: int | None = None,
             time_s: float | None = None) -> list[dict[str, Any]]:
-    """The rows of one photo (or video frame): one per face, or one with empty face fields."""
-    where = {"source": result.source, "frame": frame, "time_s": time_s}
-    empty = {"face": None, **dict.fromkeys("xywh"), "score": None, **dict.fromkeys(class_names), "emotion": None}
-    if not result.faces:
-        return [{**where, **empty, "error": result.error}]
-    rows = []
-    for number, face in enumerate(result.faces, 1):
-        box = dict(zip("xywh", face.box)) if face.box is not None else dict.fromkeys("xywh")
-        rows.append({**where, "face": number, **box, "score": face.score, **face.probabilities, "emotion": face.emotion,
-                     "error": None})
-    return rows
+    """The rows of one photo (or video frame) in the results.rows form, with the error of a failed photo."""
+    return result_rows(result.faces, class_names, source=result.source, frame=frame, time_s=time_s, error=result.error)
 
 
 def faces_of(rows: list[dict[str, Any]], class_names: list[str]) -> list[FaceResult]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emorec.files import atomic_write_bytes
-from emorec.results import ImageResult, VideoSummary
+from emorec.results import ImageResult, VideoSummary, csv_cells, rows
 
 
 def results_to_json(results: Sequence[ImageResult]) -> str:
@@ -30,12 +30,14 @@ def write_csv(results: Sequence[ImageResult], path: str | Path, class_names: Seq
     fixes the class columns even when no face was found anywhere.
     """
     classes = list(class_names) if class_names is not None else _class_names(results)
+    columns = ["source", "face", "x", "y", "w", "h", *classes, "emotion", "error"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["source", "face", "x", "y", "w", "h", *classes, "emotion", "error"])
+    writer.writerow(columns)
     for result in results:
         if result.video is None:
-            writer.writerows(_csv_rows(result, classes))
+            writer.writerows(csv_cells(row, columns) for row in rows(result.faces, classes, source=result.source,
+                                                                     error=result.error))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue().encode())
@@ -47,17 +49,6 @@ def _class_names(results: Sequence[ImageResult]) -> list[str]:
         if result.faces:
             return list(result.faces[0].probabilities)
     return []
-
-
-def _csv_rows(result: ImageResult, classes: list[str]) -> list[list]:
-    if not result.faces:
-        return [[result.source, "", "", "", "", "", *[""] * len(classes), "", result.error or ""]]
-    rows = []
-    for i, face in enumerate(result.faces, 1):
-        box = list(face.box) if face.box is not None else [""] * 4
-        probs = [f"{face.probabilities.get(c, 0.0):.4f}" for c in classes]
-        rows.append([result.source, i, *box, *probs, face.emotion, ""])
-    return rows
 
 
 def format_results(results: Sequence[ImageResult]) -> str:

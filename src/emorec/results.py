@@ -2,13 +2,15 @@
 
 `FaceResult` (one classified face), `ImageResult` (one photo, or the error
 that stopped it, or a video's `VideoSummary`). Their `to_dict()` is the one
-source of the JSON shape that `emorec predict --json` prints.
+source of the JSON shape that `emorec predict --json` prints; `rows()` is the
+one flat form (CSV files, Parquet, Ray), from which each writer picks its
+columns (`csv_cells`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclass
@@ -96,3 +98,37 @@ class ImageResult:
         if self.video is not None:
             out["video"] = self.video.to_dict()
         return out
+
+
+FACE_FIELDS = ("face", "x", "y", "w", "h", "score")  # the per-face fields of a row before the class columns
+
+
+def rows(faces: Sequence[FaceResult], class_names: Sequence[str], **where: Any) -> list[dict[str, Any]]:
+    """The flat rows of one photo or video frame: one per face, or one with empty face fields.
+
+    Each row holds the `where` fields first (source, frame, time_s, error:
+    whatever the caller names), then face (1-based, left to right), x, y, w,
+    h (None for a whole-image face), score, one probability per class name,
+    and emotion. Writers pick and order the columns they need.
+    """
+    if not faces:
+        return [{**where, **dict.fromkeys(FACE_FIELDS), **dict.fromkeys(class_names), "emotion": None}]
+    out = []
+    for number, face in enumerate(faces, 1):
+        box = dict(zip("xywh", face.box)) if face.box is not None else dict.fromkeys("xywh")
+        probabilities = {name: face.probabilities.get(name, 0.0) for name in class_names}
+        out.append({**where, "face": number, **box, "score": face.score, **probabilities, "emotion": face.emotion})
+    return out
+
+
+def csv_cells(row: dict[str, Any], columns: Sequence[str]) -> list[Any]:
+    """A row's values for a CSV line: empty for None, time_s to 3 decimals, other floats (probabilities) to 4."""
+    return [_cell(name, row.get(name)) for name in columns]
+
+
+def _cell(name: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}" if name == "time_s" else f"{value:.4f}"
+    return value

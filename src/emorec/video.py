@@ -24,7 +24,7 @@ from emorec.draw import annotate
 from emorec.files import atomic_path, check_targets, stat_regular
 from emorec.pipeline import in_background, ordered_map
 from emorec.recognizer import Recognizer
-from emorec.results import FaceResult, VideoSummary
+from emorec.results import FaceResult, VideoSummary, csv_cells, rows
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 MAX_CAMERA_INDEX = 1023
@@ -71,9 +71,9 @@ def predict_video(
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if webcam_index(source) is None else 0
     writer = _VideoSink(Path(annotated_path), summary.fps) if annotated_path else None
     try:
-        with FrameCsv(Path(csv_path), recognizer.class_names) as rows, _frames_bar(total, progress) as bar:
+        with FrameCsv(Path(csv_path), recognizer.class_names) as frame_csv, _frames_bar(total, progress) as bar:
             try:
-                _video_loop(capture, recognizer, cfg, summary, rows, writer, bar)
+                _video_loop(capture, recognizer, cfg, summary, frame_csv, writer, bar)
             except KeyboardInterrupt:
                 if webcam_index(source) is None:
                     raise
@@ -92,7 +92,7 @@ def _frames_bar(total: int, enabled: bool):
     return tqdm(total=total if total > 0 else None, desc="frames", unit="frame", leave=False, disable=not enabled)
 
 
-def _video_loop(capture, recognizer: Recognizer, cfg: PredictConfig, summary: VideoSummary, rows, writer, bar) -> None:
+def _video_loop(capture, recognizer: Recognizer, cfg: PredictConfig, summary: VideoSummary, frame_csv, writer, bar) -> None:
     faces: list[FaceResult] = []
     previous: dict[int, np.ndarray] = {}
 
@@ -108,7 +108,7 @@ def _video_loop(capture, recognizer: Recognizer, cfg: PredictConfig, summary: Vi
                 raise prepared
             if prepared is not None:
                 faces = smooth_faces(recognizer.classify_prepared([prepared])[0], previous, cfg.smooth)
-                rows.write(index / summary.fps, index, faces)
+                frame_csv.write(index / summary.fps, index, faces)
                 count_faces(summary, faces)
             if writer is not None:
                 writer.write(annotate(frame, faces))
@@ -184,17 +184,14 @@ class FrameCsv:
         tmp = self.files.enter_context(atomic_path(self.path, suffix=".csv"))
         self.handle = self.files.enter_context(open(tmp, "w", newline=""))
         self.writer = csv.writer(self.handle)
-        self.writer.writerow(["time_s", "frame", "face", "x", "y", "w", "h", *self.class_names, "emotion"])
+        self.columns = ["time_s", "frame", "face", "x", "y", "w", "h", *self.class_names, "emotion"]
+        self.writer.writerow(self.columns)
         return self
 
     def write(self, time_s: float, frame: int, faces: list[FaceResult]) -> None:
         """One row per face; one row with empty face fields when there is none."""
-        if not faces:
-            self.writer.writerow([f"{time_s:.3f}", frame] + [""] * (6 + len(self.class_names)))
-        for i, face in enumerate(faces, 1):
-            box = list(face.box) if face.box is not None else [""] * 4
-            probs = [f"{face.probabilities[c]:.4f}" for c in self.class_names]
-            self.writer.writerow([f"{time_s:.3f}", frame, i, *box, *probs, face.emotion])
+        for row in rows(faces, self.class_names, time_s=float(time_s), frame=frame):
+            self.writer.writerow(csv_cells(row, self.columns))
 
     def __exit__(self, *exc) -> bool:
         return self.files.__exit__(*exc)
