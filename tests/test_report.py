@@ -79,6 +79,10 @@ def analysis() -> Analysis:
     return Analysis([first, second], list(DEFAULT_CLASSES), fps=10.0, duration=12.0)
 
 
+def render(analysis: Analysis, source: str, model: str = "") -> str:
+    return video_report(source, analysis.tracks, analysis.class_names, analysis.fps, analysis.duration, model)
+
+
 def area_extents(svg: str) -> list[tuple[float, float]]:
     """(left, right) x of every area path in an SVG timeline."""
     extents = []
@@ -130,7 +134,7 @@ def test_every_emotion_gets_its_own_colour_also_unknown_ones():
 
 
 def test_video_report_names_the_video_and_holds_one_section_per_track(analysis):
-    page = video_report(analysis, "clips/two <people>.mp4", model="emorec-ferplus.onnx")
+    page = render(analysis, "clips/two <people>.mp4", model="emorec-ferplus.onnx")
     assert "<title>Emotions in two &lt;people&gt;.mp4</title>" in page
     assert "0:12 long" in page and "10 fps" in page and "emorec-ferplus.onnx" in page
     assert page.count('class="track"') == 2 and page.count('<svg class="timeline"') == 2
@@ -226,7 +230,7 @@ def open_in_chromium(path: Path, screenshot: Path) -> dict:
 
 
 def test_video_report_renders_in_chromium_without_network(analysis, tmp_path):
-    path = write_report(tmp_path / "clip.html", video_report(analysis, "clip.mp4", "emorec-ferplus.onnx"))
+    path = write_report(tmp_path / "clip.html", render(analysis, "clip.mp4", "emorec-ferplus.onnx"))
     seen = open_in_chromium(path, tmp_path / "clip.png")
     assert seen["timelines"] == [1, 1]
     assert seen["svgs"] and all(width > 0 and height > 0 for width, height in seen["svgs"])

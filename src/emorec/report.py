@@ -55,17 +55,17 @@ def write_report(path: str | Path, page: str, exist_ok: bool = False) -> Path:
 # ----------------------------------------------------------------------------
 
 
-def video_report(analysis: Any, source: str | Path, model: str = "") -> str:
-    """The HTML page of a video analysis (`.tracks`, `.class_names`, `.fps`, `.duration`)."""
-    colours = emotion_colours(analysis.class_names)
-    duration = float(analysis.duration)
-    facts = [f"{format_time(duration)} long", f"{analysis.fps:g} fps", f"{len(analysis.tracks)} "
-             f"{'person' if len(analysis.tracks) == 1 else 'people'} tracked"] + ([f"model {model}"] if model else [])
-    sections = [track_section(track, analysis.class_names, colours, duration) for track in analysis.tracks]
+def video_report(source: str | Path, tracks: Sequence[Any], class_names: Sequence[str], fps: float,
+                 duration: float, model: str = "") -> str:
+    """The HTML page of a video's tracks (emorec.results.Track: VideoAnalysis.tracks, VideoSummary.tracks)."""
+    colours = emotion_colours(class_names)
+    people = f"{len(tracks)} {'person' if len(tracks) == 1 else 'people'} tracked"
+    facts = [f"{format_time(duration)} long", f"{fps:g} fps", people] + ([f"model {model}"] if model else [])
+    sections = [track_section(track, class_names, colours, float(duration)) for track in tracks]
     body = [
         header(Path(str(source)).name, facts),
-        legend(analysis.class_names, colours),
-        summary_table(analysis.tracks, analysis.class_names, colours),
+        legend(class_names, colours),
+        summary_table(tracks, class_names, colours),
         *(sections or ['<p class="empty">No face was found in this video.</p>']),
     ]
     return page(f"Emotions in {Path(str(source)).name}", body)
