@@ -26,7 +26,7 @@ from emorec.draw import annotate, save_annotated
 from emorec.files import check_targets
 from emorec.output import format_results, results_to_json, write_csv
 from emorec.pipeline import ordered_map
-from emorec.report import photos_report, report_path, write_report
+from emorec.report import photos_report, report_path, video_report, write_report
 from emorec.recognizer import WHOLE_IMAGE, Prepared, Recognizer, to_bgr
 from emorec.results import FaceResult, ImageResult, VideoSummary
 from emorec.video import VIDEO_EXTENSIONS, is_video, predict_video, smooth_faces, webcam_index
@@ -233,4 +233,8 @@ def _run_video(source: str, name: Path | None, cfg: PredictConfig, recognizer: R
         summary = predict_video(index if index is not None else source, cfg, csv_path, annotated_path, recognizer, progress)
     except (ValueError, FileExistsError, OSError) as exc:
         return ImageResult(str(source), error=str(exc))
+    if cfg.report:
+        page = video_report(source, summary.tracks, recognizer.class_names, summary.fps,
+                            summary.frames / summary.fps, model_name(recognizer))
+        write_report(report_path(cfg.report, _output_stem(source, name)), page, cfg.exist_ok)
     return ImageResult(str(source), video=summary)

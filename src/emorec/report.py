@@ -31,6 +31,8 @@ TIMELINE_WIDTH, TIMELINE_HEIGHT = 760, 84
 MAX_STEPS = 600  # points per timeline: a long video is averaged into this many steps
 FACES_PER_EMOTION = 48  # photo page: faces shown under each emotion (the count says how many there are)
 FACE_SIZE = 96
+# The page may load nothing: no script, no font, no image that is not inside it.
+POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 # ----------------------------------------------------------------------------
@@ -123,7 +125,10 @@ def timeline_svg(times: np.ndarray, probabilities: np.ndarray, class_names: Sequ
             f"{''.join(paths)}{time_axis(span, x)}</svg>")
 
 
-def timeline_steps(times: np.ndarray, probabilities: np.ndarray, span: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+Steps = tuple[np.ndarray, np.ndarray, np.ndarray]  # start times, end times, probabilities (one row per step)
+
+
+def timeline_steps(times: np.ndarray, probabilities: np.ndarray, span: float) -> list[Steps]:
     """(start times, end times, probabilities) per run of samples without a gap, averaged to fit MAX_STEPS."""
     if times.size == 0:
         return []
@@ -196,7 +201,8 @@ def emotion_grid(name: str, pairs: Sequence[tuple[Any, Any]], colours: dict[str,
         return ""
     ranked = sorted(pairs, key=lambda pair: -pair[1].confidence)[:FACES_PER_EMOTION]
     cells = "".join(face_cell(result.source, face) for result, face in ranked)
-    more = f' <span class="muted">({len(pairs) - len(ranked)} more not shown)</span>' if len(pairs) > len(ranked) else ""
+    hidden = len(pairs) - len(ranked)
+    more = f' <span class="muted">({hidden} more not shown)</span>' if hidden else ""
     return (f'<section class="grid" data-emotion="{escape(name)}" style="--emotion:{colours[name]}">'
             f"<h2>{chip(name, colours)} {len(pairs)} face{'s' * (len(pairs) != 1)}{more}</h2>"
             f'<div class="faces">{cells}</div></section>')
@@ -206,7 +212,8 @@ def face_cell(source: str, face: Any) -> str:
     """One face cropped from its photo, with its file name and confidence."""
     crop = crop_face(source, face.box)
     label = f"{Path(source).name} · {face.confidence:.0%}"
-    return f'<figure title="{escape(source)}">{thumbnail_img(crop, label)}<figcaption>{escape(label)}</figcaption></figure>'
+    return (f'<figure title="{escape(source)}">{thumbnail_img(crop, label)}'
+            f"<figcaption>{escape(label)}</figcaption></figure>")
 
 
 def crop_face(source: str, box: Sequence[int] | None) -> np.ndarray | None:
@@ -254,9 +261,9 @@ def count_bars(values: dict[str, float], colours: dict[str, str], percent: bool 
                     f'width="{bar_width}" height="12" rx="3"/><rect x="{label_width}" y="{y + 4}" width="{width:.1f}" '
                     f'height="12" rx="3" fill="{colours[name]}"/><text x="{label_width + bar_width + 6}" y="{y + 14}">'
                     f"{text}</text></g>")
-    height = row * len(values)
-    return (f'<svg class="bars" viewBox="0 0 {label_width + bar_width + 44} {height}" width="{label_width + bar_width + 44}" '
-            f'height="{height}" role="img" aria-label="share per emotion">{"".join(rows)}</svg>')
+    width, height = label_width + bar_width + 44, row * len(values)
+    return (f'<svg class="bars" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+            f'aria-label="share per emotion">{"".join(rows)}</svg>')
 
 
 def share_strip(shares: dict[str, float], class_names: Sequence[str], colours: dict[str, str]) -> str:
@@ -321,7 +328,7 @@ def page(title: str, body: Sequence[str]) -> str:
     """A complete HTML document with the report's styles inline."""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; style-src \'unsafe-inline\'">'
+            f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">'
             f"<title>{escape(title)}</title><style>{STYLE}</style></head><body><main>{''.join(body)}"
             f'<footer class="muted">Made by emorec. Probabilities are the model\'s reading of each face, not a '
             f"diagnosis.</footer></main></body></html>\n")
@@ -351,18 +358,21 @@ img.face { width: 72px; height: 72px; object-fit: cover; border-radius: 10px; ba
 .charts { display: grid; grid-template-columns: minmax(0, 1fr) 330px; gap: 1.2rem; margin-top: .6rem; }
 @media (max-width: 900px) { .charts { grid-template-columns: 1fr; } }
 figure { margin: 0; }
-figcaption { font-size: .75rem; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); margin-bottom: .3rem; }
+figcaption { font-size: .75rem; text-transform: uppercase; letter-spacing: .06em; color: var(--muted);
+  margin-bottom: .3rem; }
 svg.timeline { width: 100%; height: 104px; display: block; }
 svg.timeline .absent { fill: #f0f1f4; }
 svg .axis line { stroke: #9aa3ad; } svg .axis text, svg.bars text { font-size: 11px; fill: var(--muted); }
 svg.bars { display: block; max-width: 100%; height: auto; } svg.bars .bg { fill: #f0f1f4; }
-svg.bars text { fill: var(--ink); font-size: 12px; } svg.strip { vertical-align: middle; background: #f0f1f4; border-radius: 3px; }
+svg.bars text { fill: var(--ink); font-size: 12px; }
+svg.strip { vertical-align: middle; background: #f0f1f4; border-radius: 3px; }
 section.grid { border-top: 4px solid var(--emotion); }
-section.grid h2, section.distribution h2 { margin: 0 0 .6rem; font-size: 1rem; display: flex; gap: .5rem; align-items: center; }
+section.grid h2, section.distribution h2 { margin: 0 0 .6rem; font-size: 1rem; display: flex; gap: .5rem;
+  align-items: center; }
 .faces { display: grid; grid-template-columns: repeat(auto-fill, minmax(104px, 1fr)); gap: .6rem; }
 .faces figure { text-align: center; } .faces img.face { width: 96px; height: 96px; }
-.faces figcaption { text-transform: none; letter-spacing: 0; font-size: .72rem; overflow: hidden; text-overflow: ellipsis;
-  white-space: nowrap; }
+.faces figcaption { text-transform: none; letter-spacing: 0; font-size: .72rem; overflow: hidden;
+  text-overflow: ellipsis; white-space: nowrap; }
 footer { margin-top: 1.5rem; }
 .empty { background: #fff; border: 1px dashed var(--line); border-radius: 12px; padding: 2rem; text-align: center; }
 """
