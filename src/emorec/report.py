@@ -119,8 +119,8 @@ def timeline_svg(times: np.ndarray, probabilities: np.ndarray, class_names: Sequ
             lower = top[:, k - 1] if k else np.zeros(len(probs))
             outline = _step_outline(start, end, upper, lower, x)
             paths.append(f'<path class="area" data-emotion="{escape(name)}" fill="{colours[name]}" d="{outline}"/>')
-    return (f'<svg class="timeline" viewBox="0 {-2} {TIMELINE_WIDTH} {TIMELINE_HEIGHT + 20}" role="img" '
-            f'aria-label="emotions over time" preserveAspectRatio="none">'
+    return (f'<svg class="timeline" viewBox="0 -2 {TIMELINE_WIDTH} {TIMELINE_HEIGHT + 20}" role="img" '
+            f'aria-label="emotions over time">'
             f'<rect class="absent" x="0" y="0" width="{TIMELINE_WIDTH}" height="{TIMELINE_HEIGHT}"/>'
             f"{''.join(paths)}{time_axis(span, x)}</svg>")
 
@@ -190,7 +190,7 @@ def photos_report(results: Sequence[Any], class_names: Sequence[str], title: str
     facts += ([f"{failed} unreadable"] if failed else []) + ([f"model {model}"] if model else [])
     grids = [emotion_grid(name, [pair for pair in faces if pair[1].emotion == name], colours) for name in class_names]
     body = [header(title, facts), legend(class_names, colours),
-            f'<section class="distribution"><h2>Faces per emotion</h2>{count_bars(counts, colours)}</section>',
+            f'<section class="distribution"><h2>Faces per emotion</h2>{count_bars(counts, colours, bar_width=420)}</section>',
             *[grid for grid in grids if grid]]
     return page(f"Emotions in {title}", body)
 
@@ -247,9 +247,9 @@ def share_bars(shares: dict[str, float], class_names: Sequence[str], colours: di
     return count_bars({name: shares.get(name, 0.0) for name in class_names}, colours, percent=True)
 
 
-def count_bars(values: dict[str, float], colours: dict[str, str], percent: bool = False) -> str:
-    """An SVG bar chart, one row per emotion, scaled to the largest value."""
-    row, label_width, bar_width = 20, 74, 200
+def count_bars(values: dict[str, float], colours: dict[str, str], percent: bool = False, bar_width: int = 200) -> str:
+    """An SVG bar chart, one row per emotion: shares on a 0-100% scale, counts scaled to the largest."""
+    row, label_width = 20, 74
     largest = max(max(values.values(), default=0), 1e-9)
     rows = []
     for i, (name, value) in enumerate(values.items()):
@@ -360,7 +360,7 @@ img.face { width: 72px; height: 72px; object-fit: cover; border-radius: 10px; ba
 figure { margin: 0; }
 figcaption { font-size: .75rem; text-transform: uppercase; letter-spacing: .06em; color: var(--muted);
   margin-bottom: .3rem; }
-svg.timeline { width: 100%; height: 104px; display: block; }
+svg.timeline { width: 100%; height: auto; display: block; }
 svg.timeline .absent { fill: #f0f1f4; }
 svg .axis line { stroke: #9aa3ad; } svg .axis text, svg.bars text { font-size: 11px; fill: var(--muted); }
 svg.bars { display: block; max-width: 100%; height: auto; } svg.bars .bg { fill: #f0f1f4; }
