@@ -25,10 +25,10 @@ def test_video_csv_and_annotated_video(recognizer, tmp_path):
     assert summary.frames == 10 and summary.classified_frames == 5 and summary.face_rows == 5
     with open(tmp_path / "clip.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["time_s", "frame", "face", "x", "y", "w", "h", *FER_CLASSES, "emotion"]
+    assert rows[0] == ["time_s", "frame", "face", "track", "x", "y", "w", "h", *FER_CLASSES, "emotion"]
     assert [r[1] for r in rows[1:]] == ["0", "2", "4", "6", "8"]
-    assert rows[2][0] == "0.200" and rows[1][2] == "1"
-    assert sum(float(v) for v in rows[3][7:14]) == pytest.approx(1.0, abs=1e-3)
+    assert rows[2][0] == "0.200" and rows[1][2] == "1" and {r[3] for r in rows[1:]} == {"1"}
+    assert sum(float(v) for v in rows[3][8:15]) == pytest.approx(1.0, abs=1e-3)
     capture = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
     assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 10
     capture.release()

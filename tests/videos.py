@@ -94,7 +94,7 @@ def _covered(t: float, width: int, height: int) -> Placement:
 
 def _five(t: float, width: int, height: int) -> Placement:
     """Five people drifting in different directions, bouncing off the edges."""
-    starts = [(20, 20, 60, 15), (200, 230, -40, -30), (480, 30, -55, 25), (330, 120, 45, 35), (100, 200, 30, -20)]
+    starts = [(20, 20, 70, 20), (260, 250, -50, -35), (520, 30, -60, 30), (400, 150, 55, -40), (20, 250, 45, -25)]
     placed = []
     for person, (x, y, vx, vy) in enumerate(starts):
         placed.append((person, _bounce(x + vx * t, width - 100), _bounce(y + vy * t, height - 100)))

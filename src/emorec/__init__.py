@@ -19,7 +19,7 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "64000000")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
-__all__ = ["Recognizer", "__version__"]
+__all__ = ["Recognizer", "analyze_video", "__version__"]
 
 
 def __getattr__(name: str):
@@ -28,4 +28,8 @@ def __getattr__(name: str):
         from emorec.recognizer import Recognizer
 
         return Recognizer
+    if name == "analyze_video":
+        from emorec.video import analyze_video
+
+        return analyze_video
     raise AttributeError(f"module 'emorec' has no attribute {name!r}")

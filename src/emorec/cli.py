@@ -546,7 +546,9 @@ def _add_predict(commands) -> None:
     cmd.add_argument("--report", metavar="DIR", help="write HTML reports into DIR: one page per video (each person's "
                      "emotions over time), photos.html for the photos")
     cmd.add_argument("--stride", type=int, default=1, help="video: classify every N-th frame")
-    cmd.add_argument("--smooth", type=float, default=0.0, help="video: smoothing of probabilities over frames, 0..0.99")
+    cmd.add_argument("--smooth", type=float, default=0.0, help="video: smoothing of each person's probabilities over frames, 0..0.99")
+    cmd.add_argument("--track-buffer", type=float, default=2.0, metavar="SECONDS",
+                     help="video: a face lost from sight this long keeps its track id when it comes back (default 2)")
     cmd.add_argument("--exist-ok", action="store_true", help="replace existing output files")
     output = cmd.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print results as JSON")
@@ -573,9 +575,9 @@ def _predict(args) -> int:
         raise ValueError("give at least one image, folder or video (or --source 0 for a webcam)")
     _check_predict_outputs(args, sources)
     cfg = PredictConfig(sources=sources, model=args.model, detector=args.detector, detect=args.detect, tta=args.tta,
-                        save_annotated=args.save_annotated, report=args.report, stride=args.stride, smooth=args.smooth,
-                        exist_ok=args.exist_ok,
-                        engine=args.engine, address=args.address, cpus=args.cpus, actors=args.actors)
+                        save_annotated=args.save_annotated, stride=args.stride, smooth=args.smooth, exist_ok=args.exist_ok,
+                        track_buffer=args.track_buffer, engine=args.engine, address=args.address, cpus=args.cpus, actors=args.actors,
+                        report=args.report)
     if cfg.engine == "ray":
         from emorec.distributed import run_predict_ray
         from emorec.runtime import model_path, read_info

@@ -8,11 +8,11 @@ DeepSORT, but a cheap one:
   (centre, width, height and their velocities), predicted to the frame being
   matched, so skipped frames (`--stride`) and short misses are bridged;
 - detections are matched to tracks by Hungarian assignment (`lap.lapjv`) in
-  three rounds: confident detections against the tracks seen in the previous
-  frame (box overlap plus appearance), then the unsure detections against
-  the remaining tracks (overlap only), then what is left against lost tracks
-  (near where they were last seen or where their motion puts them, and only
-  when the faces look alike);
+  three rounds: confident detections against all tracks (those seen in the
+  previous frame by box overlap plus appearance; lost ones when the face is
+  near where it was last seen or where its motion puts it, and looks alike),
+  then the unsure detections against the remaining tracks seen in the
+  previous frame (overlap only), then what is left against lost tracks;
 - lost tracks are kept for `buffer_seconds`, so a face that is covered, passes
   behind someone or steps out of the frame comes back under its own id;
   detections that match nothing start new tracks (ids 1, 2, ...).
@@ -38,6 +38,8 @@ DESCRIPTOR_SIZE = THUMBNAIL * THUMBNAIL + CELLS * CELLS * BINS
 HIGH_SCORE = 0.6  # detections at least this confident are matched first (ByteTrack's split)
 MAX_COST = 0.8  # a pairing that costs more is no match
 APPEARANCE_GATE = 0.4  # descriptor distance (1 - cosine) beyond which two crops are different people
+ON_COURSE = 0.5  # face widths from where a lost track's motion puts it ...
+ON_COURSE_APPEARANCE_GATE = 0.6  # ... within which a face that looks this different still counts as the same
 LOST_REACH = 2.0  # a lost face may come back this many face widths from where it was or should be
 DESCRIPTOR_MEMORY = 0.9  # a track's descriptor: 90% its past, 10% the newest crop
 
@@ -53,6 +55,12 @@ def face_descriptor(crop: np.ndarray) -> np.ndarray:
     thumbnail = cv2.resize(gray, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA).ravel()
     parts = [_unit(thumbnail - thumbnail.mean()), _unit(_gradient_histogram(gray))]
     return _unit(np.concatenate(parts)).astype(np.float32)
+
+
+def face_descriptors(crops: np.ndarray) -> np.ndarray:
+    """`face_descriptor` of each crop of a stack (N, H, W, C): N x DESCRIPTOR_SIZE float32."""
+    return np.stack([face_descriptor(crop) for crop in crops]) if len(crops) else \
+        np.zeros((0, DESCRIPTOR_SIZE), np.float32)
 
 
 def _gradient_histogram(gray: np.ndarray) -> np.ndarray:
@@ -108,6 +116,7 @@ class _Track:
     seen_box: np.ndarray  # (cx, cy, w, h) where it was last matched
     seen_frame: int
     predicted_frame: int = field(init=False)
+    lost: bool = False  # not seen in the previous frame
 
     def __post_init__(self) -> None:
         self.predicted_frame = self.seen_frame
@@ -154,45 +163,59 @@ class FaceTracker:
         self.tracks = [t for t in self.tracks if frame_index - t.seen_frame <= self.max_lost_frames]
         for track in self.tracks:
             track.predict_to(frame_index)
+            track.lost = track.seen_frame != previous
         ids = [0] * len(boxes)
-        active = [t for t in self.tracks if t.seen_frame == previous]
-        lost = [t for t in self.tracks if t.seen_frame != previous]
-        rounds = [(active, np.flatnonzero(confident), self._active_cost, True),
-                  (active, np.flatnonzero(~confident), self._active_cost, False),
-                  (lost, np.arange(len(boxes)), self._lost_cost, True)]
-        for tracks, candidates, cost, use_appearance in rounds:
+        active = [t for t in self.tracks if not t.lost]
+        lost = [t for t in self.tracks if t.lost]
+        rounds = [(active + lost, np.flatnonzero(confident)),  # one pool: a lost face may win back its detection
+                  (active, np.flatnonzero(~confident)),
+                  (lost, np.arange(len(boxes)))]
+        for stage, (tracks, candidates) in enumerate(rounds):
             tracks = [t for t in tracks if t.seen_frame != frame_index]
             candidates = [i for i in candidates if not ids[i]]
-            for t, i in _assign(cost, tracks, candidates, measured, descriptors, use_appearance):
-                ids[i] = self._follow(t, measured[i], descriptors[i], frame_index, returning=t in lost)
+            cost = self._motion_cost if stage == 1 else self._cost
+            for t, i in _assign(cost, tracks, candidates, measured, descriptors):
+                ids[i] = self._follow(t, measured[i], descriptors[i], frame_index)
         for i in [i for i, track_id in enumerate(ids) if not track_id]:
             ids[i] = self._start(measured[i], descriptors[i], frame_index)
         return ids
 
-    def _active_cost(self, track: _Track, box: np.ndarray, descriptor: np.ndarray, use_appearance: bool) -> float:
-        predicted = track.predicted_box
-        overlap = _iou(predicted, box)
-        distance = _distance(predicted, box)
-        if (overlap == 0 and distance > 1.0) or not _similar_size(predicted, box):
-            return np.inf
-        motion = min(1 - overlap, distance)
-        if not use_appearance:
+    def _cost(self, track: _Track, box: np.ndarray, descriptor: np.ndarray) -> float:
+        """Motion plus appearance for a track seen in the previous frame; see _lost_cost for a lost one."""
+        if track.lost:
+            return self._lost_cost(track, box, descriptor)
+        motion = self._motion_cost(track, box)
+        if not np.isfinite(motion):
             return motion
+        overlap = _iou(track.predicted_box, box)
         appearance = 1 - float(track.descriptor @ descriptor)
         if appearance > APPEARANCE_GATE and overlap < 0.5:
             return np.inf
         return 0.5 * motion + 0.5 * appearance / APPEARANCE_GATE * MAX_COST
 
-    def _lost_cost(self, track: _Track, box: np.ndarray, descriptor: np.ndarray, use_appearance: bool) -> float:
-        distance = min(_distance(track.predicted_box, box), _distance(track.seen_box, box))
-        appearance = 1 - float(track.descriptor @ descriptor)
-        if distance > LOST_REACH or appearance > APPEARANCE_GATE or not _similar_size(track.seen_box, box):
+    def _motion_cost(self, track: _Track, box: np.ndarray, descriptor: np.ndarray | None = None) -> float:
+        """How far a box is from where the track's motion puts it: 1 - overlap, or centre distance in face widths."""
+        predicted = track.predicted_box
+        overlap = _iou(predicted, box)
+        distance = _distance(predicted, box)
+        if (overlap == 0 and distance > 1.0) or not _similar_size(predicted, box):
             return np.inf
-        return 0.5 * distance / LOST_REACH * MAX_COST + 0.5 * appearance / APPEARANCE_GATE * MAX_COST
+        return min(1 - overlap, distance)
 
-    def _follow(self, track: _Track, box: np.ndarray, descriptor: np.ndarray, frame_index: int,
-                returning: bool) -> int:
-        if returning and _distance(track.seen_box, box) < _distance(track.predicted_box, box):
+    def _lost_cost(self, track: _Track, box: np.ndarray, descriptor: np.ndarray) -> float:
+        """Near where a lost face was last seen or should be by now, and looking alike."""
+        on_course = _distance(track.predicted_box, box)
+        distance = min(on_course, _distance(track.seen_box, box))
+        appearance = 1 - float(track.descriptor @ descriptor)
+        # A face coming out from behind another is half hidden and looks different: where its motion
+        # says it should be, a looser likeness will do.
+        gate = ON_COURSE_APPEARANCE_GATE if on_course <= ON_COURSE else APPEARANCE_GATE
+        if distance > LOST_REACH or appearance > gate or not _similar_size(track.seen_box, box):
+            return np.inf
+        return 0.5 * distance / LOST_REACH * MAX_COST + 0.5 * min(appearance / APPEARANCE_GATE, 1.0) * MAX_COST
+
+    def _follow(self, track: _Track, box: np.ndarray, descriptor: np.ndarray, frame_index: int) -> int:
+        if track.lost and _distance(track.seen_box, box) < _distance(track.predicted_box, box):
             track.kalman = _Kalman(box)  # back where it was, not where its old motion led: start the motion afresh
         else:
             track.kalman.update(box)
@@ -207,14 +230,14 @@ class FaceTracker:
         return track.id
 
 
-def _assign(cost, tracks: list[_Track], candidates: list[int], measured: np.ndarray, descriptors: np.ndarray,
-            use_appearance: bool) -> list[tuple[_Track, int]]:
+def _assign(cost, tracks: list[_Track], candidates: list[int], measured: np.ndarray,
+            descriptors: np.ndarray) -> list[tuple[_Track, int]]:
     """Minimum-cost pairs (track, detection index) whose cost is at most MAX_COST."""
     if not tracks or not candidates:
         return []
     import lap
 
-    matrix = np.array([[cost(t, measured[i], descriptors[i], use_appearance) for i in candidates] for t in tracks])
+    matrix = np.array([[cost(t, measured[i], descriptors[i]) for i in candidates] for t in tracks])
     matrix = np.where(np.isfinite(matrix), matrix, MAX_COST + 1)
     _, track_to_detection, _ = lap.lapjv(matrix, extend_cost=True, cost_limit=MAX_COST)
     return [(tracks[r], candidates[c]) for r, c in enumerate(track_to_detection) if c >= 0 and matrix[r, c] <= MAX_COST]
