@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -14,42 +14,11 @@ import pytest
 from conftest import DEFAULT_CLASSES, PHOTO_NAMES, PHOTOS, require
 
 from emorec.cli import main
+from emorec.results import Track
 from emorec.report import (MAX_STEPS, TIMELINE_WIDTH, emotion_colours, photos_report, timeline_steps, timeline_svg,
                            video_report, write_report)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@dataclass
-class Track:
-    """The attributes a report reads from a track of emorec.tracking."""
-
-    id: int
-    times: np.ndarray
-    probabilities: np.ndarray
-    thumbnail: np.ndarray | None
-    class_names: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
-
-    @property
-    def first_time(self) -> float:
-        return float(self.times[0])
-
-    @property
-    def last_time(self) -> float:
-        return float(self.times[-1])
-
-    @property
-    def frames(self) -> int:
-        return len(self.times)
-
-    @property
-    def time_share(self) -> dict[str, float]:
-        top = self.probabilities.argmax(axis=1)
-        return {name: float(np.mean(top == k)) for k, name in enumerate(self.class_names)}
-
-    @property
-    def dominant(self) -> str:
-        return max(self.time_share, key=self.time_share.get)
 
 
 @dataclass
@@ -67,7 +36,7 @@ def make_track(track_id: int, times: np.ndarray, favourite: str, seed: int = 0) 
     logits[:, DEFAULT_CLASSES.index(favourite)] += 3
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     thumbnail = cv2.imread(str(require(PHOTOS / PHOTO_NAMES[track_id % len(PHOTO_NAMES)])))
-    return Track(track_id, times, probs, thumbnail)
+    return Track(track_id, list(DEFAULT_CLASSES), times, probs, thumbnail)
 
 
 @pytest.fixture
@@ -248,4 +217,22 @@ def test_photos_report_renders_in_chromium(tmp_path):
     seen = open_in_chromium(tmp_path / "report" / "photos.html", tmp_path / "photos.png")
     assert len(seen["images"]) >= len(photos) and all(done and width > 0 for done, width in seen["images"])
     assert all(width > 0 and height > 0 for width, height in seen["svgs"])
+    assert seen["errors"] == [] and seen["requests"] == []
+
+
+def test_predict_report_on_a_video_shows_each_person_in_chromium(tmp_path, monkeypatch, capsys):
+    from videos import write_scene
+
+    monkeypatch.chdir(tmp_path)  # the per-frame CSV goes to the current folder
+    clip = tmp_path / "crossing.mp4"
+    write_scene("crossing", clip, fps=8)  # two people walking past each other, 3 s
+    assert main(["predict", str(clip), "--report", str(tmp_path / "report"), "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    tracks = result["video"]["tracks"]
+    page = (tmp_path / "report" / "crossing.html").read_text()
+    sections = re.findall(r'<section class="track" id="track-(\d+)".*?mostly <b[^>]*>(\w+)</b>', page)
+    assert sections == [(str(track["id"]), track["dominant"]) for track in tracks] and len(tracks) == 2
+    seen = open_in_chromium(tmp_path / "report" / "crossing.html", tmp_path / "crossing.png")
+    assert seen["timelines"] == [1, 1] and seen["areas"] >= 2 * len(DEFAULT_CLASSES)
+    assert all(done and width > 0 for done, width in seen["images"]) and len(seen["images"]) == 2
     assert seen["errors"] == [] and seen["requests"] == []

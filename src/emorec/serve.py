@@ -30,6 +30,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from emorec.faces import Face
 from emorec.recognizer import Prepared, Recognizer
 from emorec.report import emotion_colours
 from emorec.results import ImageResult
-from emorec.tracking import FaceTracker, face_descriptor
+from emorec.tracking import FaceTracker, face_descriptors
 
 WEB = Path(__file__).parent / "web"
 
@@ -152,14 +153,13 @@ class StreamTrackers:
     def assign(self, stream: str, prepared: Prepared, frame_size: tuple[int, int]) -> list[int]:
         """Track ids for the faces of a stream's next frame, in the order of prepared.regions."""
         boxes = [region.box if isinstance(region, Face) else (0, 0, *frame_size) for region in prepared.regions]
-        descriptors = [face_descriptor(crop) for crop in prepared.crops]
         scores = [region.score if isinstance(region, Face) else 1.0 for region in prepared.regions]
+        descriptors = face_descriptors(prepared.crops)
         with self.lock:
             now = self.clock()
             tracker, start = self._tracker(stream, now)
             frame = max(round((now - start) * self.fps), (tracker.last_frame or 0) + 1)
-            return tracker.update(frame, np.array(boxes, float).reshape(-1, 4),
-                                  np.array(descriptors, np.float32), np.array(scores))
+            return tracker.update(frame, np.array(boxes, float).reshape(-1, 4), descriptors, np.array(scores))
 
     def _tracker(self, stream: str, now: float) -> tuple[FaceTracker, float]:
         for old in [key for key, (*_, last) in self.streams.items() if now - last > self.idle_seconds]:
@@ -180,10 +180,8 @@ def recognize_frame(recognizer: Recognizer, upload: tuple[str, bytes], trackers:
     except (ImageReadError, ValueError) as error:
         return ImageResult(name, error=str(error)).to_dict()
     [faces] = recognizer.classify_prepared([prepared])
-    body = ImageResult(name, faces).to_dict()
-    for face, track in zip(body["faces"], trackers.assign(stream, prepared, image.shape[1::-1])):
-        face["track"] = track
-    return body
+    tracks = trackers.assign(stream, prepared, image.shape[1::-1])
+    return ImageResult(name, [replace(face, track=track) for face, track in zip(faces, tracks)]).to_dict()
 
 
 def decode_upload(name: str, payload: bytes):
