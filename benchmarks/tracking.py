@@ -332,7 +332,8 @@ def goals(scenes: list[dict], speed_figures: dict) -> dict[str, dict]:
     met = {"id_switches": worst["id_switches"] <= GOALS["id_switches"], "idf1": worst["idf1"] >= GOALS["idf1"],
            "agreement": worst["agreement"] is not None and worst["agreement"] >= GOALS["agreement"],
            "overhead": worst["overhead"] <= GOALS["overhead"]}
-    return {name: {"goal": GOALS[name], "figure": worst[name], "met": met[name]} for name in GOALS}
+    return {name: {"goal": GOALS[name], "figure": None if worst[name] is None else round(worst[name], 4), "met": met[name]}
+            for name in GOALS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         memory_figures = memory(folder, args.long_frames)
     summary = goals(scenes, speed_figures)
     print(table(scenes, speed_figures, memory_figures))
-    print("goals: " + ", ".join(f"{name} {'met' if g['met'] else 'NOT met'} ({g['figure']:.4g})"
-                                for name, g in summary.items()))
+    print("goals: " + ", ".join(f"{name} {'met' if g['met'] else 'NOT met'} ({g['figure']})" for name, g in summary.items()))
     write_json(args.out, {"scenes": scenes, "speed": speed_figures, "memory": memory_figures, "goals": summary})
     print(f"wrote {args.out}")
     return 0
