@@ -26,8 +26,8 @@ from emorec.draw import annotate, save_annotated
 from emorec.files import check_targets
 from emorec.output import format_results, results_to_json, write_csv
 from emorec.pipeline import ordered_map
-from emorec.report import photos_report, report_path, video_report, write_report
 from emorec.recognizer import WHOLE_IMAGE, Prepared, Recognizer, to_bgr
+from emorec.report import photos_report, report_path, video_report, write_report
 from emorec.results import FaceResult, ImageResult, VideoSummary
 from emorec.video import VIDEO_EXTENSIONS, is_video, predict_video, smooth_faces, webcam_index
 
@@ -37,9 +37,9 @@ __all__ = [
     "run_predict", "smooth_faces", "to_bgr", "webcam_index", "is_video",
 ]
 
+PHOTOS_REPORT = "photos"  # the report of the photos of a run: DIR/photos.html
 # Faces of consecutive photos are classified together in one model call, up to
 # these bounds (the photos wait decoded in memory when annotated copies are saved).
-PHOTOS_REPORT = "photos"  # the report of the photos of a run: DIR/photos.html
 FACES_PER_CALL = 64
 PHOTOS_PER_CALL = 16
 
