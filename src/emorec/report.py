@@ -217,8 +217,10 @@ def face_cell(source: str, face: Any) -> str:
 
 
 def crop_face(source: str, box: Sequence[int] | None) -> np.ndarray | None:
-    """The face box of a photo, a little enlarged; the whole photo when box is None; None if it cannot be read."""
+    """A face of a photo framed as the model sees it, in colour (BGR); the whole photo when box is None;
+    None if the photo cannot be read."""
     from emorec.data import ImageReadError, read_image
+    from emorec.faces import Face, crop_face as frame_face
 
     try:
         image = read_image(source, reduce=True)
@@ -226,9 +228,7 @@ def crop_face(source: str, box: Sequence[int] | None) -> np.ndarray | None:
         return None
     if box is None:
         return image
-    x, y, w, h = box
-    pad = int(0.15 * max(w, h))
-    return image[max(0, y - pad):y + h + pad, max(0, x - pad):x + w + pad]
+    return frame_face(image, Face(tuple(box), 1.0), size=FACE_SIZE, grayscale=False)[..., ::-1]
 
 
 # ----------------------------------------------------------------------------
