@@ -118,6 +118,9 @@ def test_predict_config_ranges():
         PredictConfig(stride=0)
     with pytest.raises(ConfigError, match="smooth"):
         PredictConfig(smooth=1.0)
+    assert PredictConfig(track_buffer=0.5).track_buffer == 0.5
+    with pytest.raises(ConfigError, match="track_buffer"):
+        PredictConfig(track_buffer=-1)
 
 
 def test_list_defaults_are_not_shared():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PHOTOS, require, write_video
+from videos import write_scene
 from emorec import cli
 from emorec.config import PredictConfig
 from emorec.output import format_results, results_to_json, write_csv
@@ -86,6 +87,18 @@ def test_strided_smoothed_video_matches_across_frame_ranges(local_ray, media, tm
 
     assert (ray_dir / "clip.csv").read_text() == (local_dir / "clip.csv").read_text()
     assert ray[0].video.classified_frames == 8 and ray[0].video.frames == local[0].video.frames == 30
+
+
+def test_people_keep_the_same_tracks_when_a_video_is_cut_into_frame_ranges(local_ray, tmp_path, monkeypatch):
+    require(PHOTOS)
+    monkeypatch.chdir(tmp_path)
+    video = tmp_path / "crossing.mp4"
+    write_scene("crossing", video, fps=12.0)  # two people swap sides; 36 frames in ranges of 7
+    local, ray, local_dir, ray_dir = _both_engines(tmp_path, sources=[str(video)], smooth=0.7)
+
+    assert (ray_dir / "crossing.csv").read_text() == (local_dir / "crossing.csv").read_text()
+    assert [track.to_dict() for track in ray[0].video.tracks] == [track.to_dict() for track in local[0].video.tracks]
+    assert [track.id for track in local[0].video.tracks] == [1, 2]
 
 
 def test_an_existing_video_csv_is_refused_as_on_the_local_engine(local_ray, media, tmp_path, monkeypatch):

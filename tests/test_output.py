@@ -52,3 +52,19 @@ def test_text_lines_name_each_file_once():
         "c.jpg  error: empty file (0 bytes)",
         "d.jpg  face 1 (whole image)  sad 0.90",
     ]
+
+
+def test_a_videos_line_and_json_name_its_tracks():
+    import numpy as np
+
+    from emorec.results import Track, VideoSummary
+
+    track = Track(2, ["happy", "sad"], np.array([0.0, 0.5, 1.0]), np.array([[0.9, 0.1], [0.4, 0.6], [0.8, 0.2]]))
+    video = VideoSummary("clip.mp4", frames=30, classified_frames=3, face_rows=3, fps=3.0, csv_path="clip.csv",
+                         emotions={"happy": 2, "sad": 1}, tracks=[track])
+    line = format_results([ImageResult("clip.mp4", video=video)])
+    assert line == "clip.mp4  video: 30 frames, 3 classified, 3 face rows, 1 tracked, mostly happy; csv clip.csv"
+    [data] = json.loads(results_to_json([ImageResult("clip.mp4", video=video)]))
+    assert data["video"]["tracks"] == [{
+        "id": 2, "first_time": 0.0, "last_time": 1.0, "frames": 3, "dominant": "happy",
+        "mean_probabilities": {"happy": 0.7, "sad": 0.3}, "time_share": {"happy": 0.666667, "sad": 0.333333}}]

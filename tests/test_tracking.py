@@ -100,3 +100,10 @@ def test_face_descriptor_tells_people_apart_and_ignores_lighting():
     assert float(first @ brighter) > 0.95
     assert float(first @ second) < float(first @ brighter) - 0.2
     assert np.allclose(face_descriptor(cv2.cvtColor(faces[0][..., 0], cv2.COLOR_GRAY2BGR)), first, atol=1e-5)
+
+
+def test_a_bad_rate_or_buffer_is_refused():
+    with pytest.raises(ValueError, match="fps"):
+        FaceTracker(0)
+    with pytest.raises(ValueError, match="buffer_seconds"):
+        FaceTracker(25, buffer_seconds=-1)

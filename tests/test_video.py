@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -10,12 +11,16 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
-from conftest import FER_CLASSES, write_video
+from conftest import FER_CLASSES, PHOTOS, require, write_video
+from videos import GroundTruth, sprite, write_scene
 
+import emorec
+from emorec import cli
 from emorec.config import PredictConfig
 from emorec.results import FaceResult
-from emorec.video import predict_video, smooth_faces, webcam_index
+from emorec.video import analyze_video, predict_video, smooth_faces, webcam_index
 
 
 def test_video_csv_and_annotated_video(recognizer, tmp_path):
@@ -77,3 +82,117 @@ def test_webcam_index(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("3").write_text("a file named like an index")
     assert webcam_index("3") is None
+
+
+# ----------------------------------------------------------------------------
+# People followed through generated scenes (tests/videos.py): real faces with known identities
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundled_recognizer():
+    """The default bundled model: it reads the scenes' happy and neutral faces clearly."""
+    from emorec.recognizer import Recognizer
+
+    return Recognizer()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Factory: a generated scene video and its ground truth, written once per module."""
+    folder = tmp_path_factory.mktemp("scenes")
+    made: dict[tuple, tuple[Path, GroundTruth]] = {}
+
+    def make(scene: str, grayscale: bool = False) -> tuple[Path, GroundTruth]:
+        require(PHOTOS)
+        if (scene, grayscale) not in made:
+            path = folder / f"{scene}{'-gray' if grayscale else ''}.mp4"
+            made[scene, grayscale] = path, write_scene(scene, path, fps=12.0, grayscale=grayscale)
+        return made[scene, grayscale]
+
+    return make
+
+
+def _tracks_per_person(analysis, truth: GroundTruth) -> dict[int, set[int]]:
+    """{person: the track ids their detected faces were given}."""
+    ids: dict[int, set[int]] = {}
+    for row in analysis.rows():
+        if row["face"] is not None:
+            person = truth.person_at(row["frame"], (row["x"], row["y"], row["w"], row["h"]))
+            assert person is not None, f"frame {row['frame']}: a face where nobody is"
+            ids.setdefault(person, set()).add(row["track"])
+    return ids
+
+
+@pytest.mark.parametrize("scene", ["crossing", "behind", "covered", "reenter", "five", "pan"])
+def test_each_person_keeps_one_track_id(scene, scenes, bundled_recognizer):
+    path, truth = scenes(scene)
+    analysis = analyze_video(path, recognizer=bundled_recognizer)
+    ids = _tracks_per_person(analysis, truth)
+    assert len(ids) == len(truth.people)
+    assert all(len(tracks) == 1 for tracks in ids.values()), ids
+    assert len(set.union(*ids.values())) == len(truth.people), ids  # and nobody shares an id
+    assert [track.id for track in analysis.tracks] == sorted(set.union(*ids.values()))
+
+
+def test_a_returning_face_gets_a_new_id_once_the_buffer_is_over(scenes, bundled_recognizer):
+    path, truth = scenes("covered")  # covered for 1 s
+    ids = _tracks_per_person(analyze_video(path, recognizer=bundled_recognizer, track_buffer=0.5), truth)
+    assert len(ids[0]) == 2 and len(ids[1]) == 1
+
+
+def test_tracks_hold_with_a_stride_and_on_grayscale_video(scenes, bundled_recognizer):
+    path, truth = scenes("crossing", grayscale=True)
+    ids = _tracks_per_person(analyze_video(path, recognizer=bundled_recognizer, stride=3), truth)
+    assert ids == {0: {1}, 1: {2}}
+
+
+def test_smoothing_never_carries_one_persons_emotion_into_another(scenes, bundled_recognizer, tmp_path):
+    path, truth = scenes("crossing")  # person 0 happy, person 1 neutral; they swap sides half-way
+    alone = [bundled_recognizer.predict(sprite(name, 120))[0].emotion for name in truth.people]
+    assert alone == ["happy", "neutral"]
+    cfg = PredictConfig(sources=[str(path)], smooth=0.8)
+    predict_video(path, cfg, tmp_path / "smoothed.csv", recognizer=bundled_recognizer, progress=False)
+    with open(tmp_path / "smoothed.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["face"]]
+    said = {}
+    for row in rows:
+        person = truth.person_at(int(row["frame"]), tuple(int(row[key]) for key in "xywh"))
+        said.setdefault(person, []).append(row["emotion"])
+    assert set(said[0]) == {"happy"} and set(said[1]) == {"neutral"}
+    assert {row["face"] for row in rows} == {"1", "2"}  # the faces did swap places (face numbers go left to right)
+
+
+def test_analyze_video_gives_each_persons_emotions_over_time(scenes, bundled_recognizer):
+    path, truth = scenes("reenter")  # person 1 stays; person 0 walks out and comes back
+    analysis = emorec.analyze_video(path, recognizer=bundled_recognizer)
+    assert analysis.fps == truth.fps and analysis.duration == pytest.approx(truth.frames / truth.fps)
+    assert analysis.class_names == bundled_recognizer.class_names
+    walker = analysis.track(_tracks_per_person(analysis, truth)[0].pop())
+    assert walker.dominant == "happy" and walker.frames == len(walker.times) < truth.frames
+    assert walker.probabilities.shape == (walker.frames, len(analysis.class_names))
+    assert np.all(np.diff(walker.times) > 0) and walker.first_time == walker.times[0] == 0.0
+    gap = np.diff(walker.times).max()  # out of the frame for 0.6 s
+    assert 0.5 < gap < 1.5 and walker.last_time == pytest.approx((truth.frames - 1) / truth.fps)
+    assert sum(walker.time_share.values()) == pytest.approx(1.0)
+    assert walker.mean_probabilities["happy"] == pytest.approx(walker.probabilities[:, 3 + 1].mean())
+    assert walker.thumbnail.dtype == np.uint8 and walker.thumbnail.ndim == 3 and walker.thumbnail.shape[2] == 3
+    assert bundled_recognizer.predict(walker.thumbnail)[0].emotion == "happy"
+    frame = analysis.to_pandas()
+    assert list(frame.columns[:4]) == ["time_s", "frame", "face", "track"] and len(frame) == len(analysis.rows())
+    assert set(frame["track"].dropna()) == {track.id for track in analysis.tracks}
+
+
+def test_json_lists_the_tracks_of_a_video(scenes, tmp_path, capsys, monkeypatch):
+    path, truth = scenes("covered")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["predict", str(path), "--json", "--track-buffer", "1.5"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    tracks = result["video"]["tracks"]
+    assert [track["id"] for track in tracks] == [1, 2]
+    assert {track["dominant"] for track in tracks} == {"happy", "neutral"}
+    assert all(track["frames"] <= truth.frames and track["last_time"] > track["first_time"] for track in tracks)
+    assert set(tracks[0]) == {"id", "first_time", "last_time", "frames", "dominant", "mean_probabilities",
+                              "time_share"}
+    with open(tmp_path / f"{path.stem}.csv", newline="") as handle:
+        assert {row["track"] for row in csv.DictReader(handle)} == {"1", "2"}

@@ -10,14 +10,18 @@ The work is the local engine's (emorec.predict), spread over a Ray cluster
 3. a pool of classifier actors, each loading the ONNX model once, classifies
    the faces of many photos and frames per model call and turns them into
    result rows (one per face, or one for a photo or frame without faces or
-   with an error).
+   with an error); a video frame's rows also carry each face's appearance
+   descriptor (`emorec.tracking.face_descriptor`, computed where the crops
+   are made).
 
 Rows are flat, so they go straight to Parquet; `results_from_rows` turns
 them back into the local engine's `ImageResult`s, so `--csv`, `--json` and
 the text lines are the local engine's, written by the same writers. Bad
 files give the same error rows and never fail the job. Video rows come back
-in time order; the per-video CSV (and smoothing, which runs across frames)
-is written on the driver by the local engine's writer.
+in time order; the driver follows the people through them with the local
+engine's tracker (`emorec.video.VideoTracks`: track ids, per-track smoothing),
+so a video cut into frame ranges gets the same tracks as on one machine, and
+writes the per-video CSV with the local engine's writer.
 
 Needs the `ray` extra (`pip install 'emorec[ray]'`).
 """
@@ -44,7 +48,8 @@ from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, ImageResult, VideoSummary
 from emorec.results import rows as result_rows
 from emorec.runtime import load_runtime, model_path, read_info
-from emorec.video import FrameCsv, capture_fps, count_faces, is_video, open_capture, read_frames, smooth_faces
+from emorec.tracking import DESCRIPTOR_SIZE, face_descriptors
+from emorec.video import FrameCsv, VideoTracks, capture_fps, count_faces, is_video, open_capture, read_frames
 
 FRAMES_PER_TASK = 300  # frames one decoding task reads from a video (10 s at 30 fps)
 CPUS_PER_ACTOR = 3  # default pool: one classifier per 3 CPUs (a face: ~10 ms of a core to classify, ~14 to find)
@@ -61,14 +66,18 @@ class EngineError(ValueError):
 # ----------------------------------------------------------------------------
 
 
-def row_schema(class_names: list[str]):
-    """The Arrow schema of result rows: where (source, frame, time_s), which face and its box, the
-    detector score, one probability column per class, the top emotion, and the error if any."""
+def row_schema(class_names: list[str], descriptor: bool = False):
+    """The Arrow schema of result rows: where (source, frame, time_s), which face (its number in the
+    frame, its track id in a video) and its box, the detector score, one probability column per class,
+    the top emotion, and the error if any; with descriptor, also the face's appearance descriptor
+    (float32 bytes), which the classifiers hand to the driver's tracker and Parquet leaves out."""
     import pyarrow as pa
 
+    extra = [("descriptor", pa.binary())] if descriptor else []
     return pa.schema([("source", pa.string()), ("frame", pa.int64()), ("time_s", pa.float64()), ("face", pa.int32()),
-                      *[(key, pa.int32()) for key in "xywh"], ("score", pa.float64()),
-                      *[(name, pa.float64()) for name in class_names], ("emotion", pa.string()), ("error", pa.string())])
+                      ("track", pa.int32()), *[(key, pa.int32()) for key in "xywh"], ("score", pa.float64()),
+                      *[(name, pa.float64()) for name in class_names], ("emotion", pa.string()), ("error", pa.string()),
+                      *extra])
 
 
 def rows_of(result: ImageResult, class_names: list[str], frame: int | None = None,
@@ -137,7 +146,8 @@ def _plan(row: dict[str, Any], options: Options) -> list[dict[str, Any]]:
 
 
 def _decode(row: dict[str, Any], options: Options) -> list[dict[str, Any]]:
-    """A photo or a frame range decoded, its faces located and cropped (pickled Prepared), or the error."""
+    """A photo or a frame range decoded, its faces located and cropped (pickled Prepared; for frames
+    also the crops' appearance descriptors), or the error."""
     recognizer = _recognizer(options)
     source = row["source"]
     if row["error"] is not None:
@@ -164,8 +174,9 @@ def _decode_frames(source: str, start: int, stop: int, fps: float, recognizer: R
                 return
             if index % stride == 0:
                 prepared = recognizer.prepare(frame)
-                yield {"source": source, "frame": index, "time_s": index / fps, "prepared": pickle.dumps(prepared),
-                       "error": None}
+                descriptors = face_descriptors(prepared.crops)
+                yield {"source": source, "frame": index, "time_s": index / fps,
+                       "prepared": pickle.dumps((prepared, descriptors)), "error": None}
     finally:
         capture.release()
 
@@ -175,21 +186,33 @@ class Classifier:
 
     def __init__(self, options: Options):
         self.recognizer = _recognizer(options)
-        self.schema = row_schema(self.recognizer.class_names)
+        self.schema = row_schema(self.recognizer.class_names, descriptor=True)
 
     def __call__(self, batch) -> Any:
         """A pyarrow batch of decoded items -> a pyarrow table of result rows, in the same order."""
         import pyarrow as pa
 
         items = batch.to_pylist()
-        ready = [item for item in items if item["error"] is None]
-        faces = iter(self.recognizer.classify_prepared([pickle.loads(item["prepared"]) for item in ready]))
+        ready = [_unpickle(item) for item in items if item["error"] is None]
+        faces = iter(self.recognizer.classify_prepared([prepared for prepared, _ in ready]))
+        descriptors = iter(descriptor for _, descriptor in ready)
         rows = []
         for item in items:
             result = ImageResult(item["source"], error=item["error"]) if item["error"] is not None else \
                 ImageResult(item["source"], next(faces))
-            rows += rows_of(result, self.recognizer.class_names, item["frame"], item["time_s"])
+            item_rows = rows_of(result, self.recognizer.class_names, item["frame"], item["time_s"])
+            looks = next(descriptors) if item["error"] is None else None
+            if looks is not None and result.faces:
+                for row, look in zip(item_rows, looks):
+                    row["descriptor"] = look.tobytes()
+            rows += item_rows
         return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+def _unpickle(item: dict[str, Any]):
+    """(Prepared, descriptors or None) of a decoded item: frames carry descriptors, photos do not."""
+    loaded = pickle.loads(item["prepared"])
+    return loaded if isinstance(loaded, tuple) else (loaded, None)
 
 
 def predict_dataset(dataset, model: str | None = None, detector: str = "auto", detect: bool = True,
@@ -202,7 +225,10 @@ def predict_dataset(dataset, model: str | None = None, detector: str = "auto", d
     worker can read. Photos give one row per face (one row without face
     fields when none was found, or with `error` set when the file is
     unusable); videos give the rows of every stride-th frame, with `frame`
-    and `time_s` set. actors is the size of the classifier pool (or a
+    and `time_s` set, and each face's appearance `descriptor` (float32
+    bytes: `np.frombuffer(row["descriptor"], np.float32)`) for tracking;
+    `track` is left empty (tracks need the frames in order: see
+    `emorec.video.VideoTracks`). actors is the size of the classifier pool (or a
     (min, max) range for Ray to scale within); restart_actors=False
     (for a Ray on one machine) turns off Ray's restarting of lost actors. With the DataContext's
     `preserve_order` on, rows come in input order and frames in time order.
@@ -355,10 +381,10 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
         dataset = ray.data.from_items([{"path": path} for path in paths])
         rows = predict_dataset(dataset, cfg.model, cfg.detector, cfg.detect, cfg.tta, cfg.stride, actors=actors,
                                frames_per_task=frames_per_task, restart_actors=remote)
-        stream = _Peekable(_rows(rows, sink, len(paths), progress))
+        stream = _Peekable(_rows(rows, len(paths), progress))
         try:
-            results = [_photo_result(stream, path, class_names) for path in photos]
-            results += [_video_result(stream, job, cfg, class_names) if isinstance(job, _VideoJob) else job
+            results = [_photo_result(stream, path, class_names, sink) for path in photos]
+            results += [_video_result(stream, job, cfg, class_names, sink) if isinstance(job, _VideoJob) else job
                         for job in video_jobs]
         except ray.exceptions.RayError as error:
             raise EngineError(f"the Ray job failed: {_last_line(error)}") from None
@@ -392,8 +418,8 @@ def _video_jobs(videos: list[tuple[str, Path | None]], cfg: PredictConfig) -> li
     return jobs
 
 
-def _rows(dataset, sink, total: int, progress: bool) -> Iterator[dict[str, Any]]:
-    """The dataset's rows in order, each batch also handed to the Parquet sink."""
+def _rows(dataset, total: int, progress: bool) -> Iterator[dict[str, Any]]:
+    """The dataset's rows in order."""
     from tqdm import tqdm
 
     with warnings.catch_warnings(), tqdm(total=total, desc="photos and videos", unit="item", leave=False,
@@ -401,7 +427,6 @@ def _rows(dataset, sink, total: int, progress: bool) -> Iterator[dict[str, Any]]
         warnings.simplefilter("ignore")  # Ray's deprecation notices are not the user's business
         last = None
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            sink(batch)
             for row in batch.to_pylist():
                 if (row["source"], row["frame"] is None) != last:
                     bar.update()
@@ -428,22 +453,27 @@ class _Peekable:
         return item
 
 
-def _photo_result(stream: _Peekable, path: str, class_names: list[str]) -> ImageResult:
-    """The ImageResult of the next photo's rows (one per face, or one without a face)."""
+def _photo_result(stream: _Peekable, path: str, class_names: list[str], sink) -> ImageResult:
+    """The ImageResult of the next photo's rows (one per face, or one without a face); the rows go to the sink."""
     rows = [stream.take()]
     while rows[0]["face"] == 1 and stream.head is not None and stream.head["source"] == path \
             and stream.head["frame"] is None and (stream.head["face"] or 0) > rows[-1]["face"]:
         rows.append(stream.take())
+    sink(rows)
     return ImageResult(path, faces_of(rows, class_names), error=rows[0]["error"])
 
 
-def _video_result(stream: _Peekable, job: _VideoJob, cfg: PredictConfig, class_names: list[str]) -> ImageResult:
-    """Write a video's CSV from its frame rows (smoothed here, in time order) and return its result."""
+def _video_result(stream: _Peekable, job: _VideoJob, cfg: PredictConfig, class_names: list[str],
+                  sink) -> ImageResult:
+    """Follow the people through a video's frame rows (in time order, as the local engine does), write
+    its CSV, hand the rows with their track ids to the sink, and return its result."""
     first = stream.head
     if first is not None and first["source"] == job.source and first["frame"] is None:  # it could not be opened
-        return ImageResult(job.source, error=stream.take()["error"])
+        row = stream.take()
+        sink([row])
+        return ImageResult(job.source, error=row["error"])
     summary = VideoSummary(job.source, fps=job.fps, csv_path=str(job.csv_path))
-    previous: dict[int, np.ndarray] = {}
+    people = VideoTracks(job.fps, class_names, cfg.track_buffer, cfg.smooth)
     last = -1
     with FrameCsv(job.csv_path, class_names) as csv_rows:
         while stream.head is not None and stream.head["source"] == job.source and stream.head["frame"] is not None \
@@ -453,21 +483,48 @@ def _video_result(stream: _Peekable, job: _VideoJob, cfg: PredictConfig, class_n
                     stream.head["source"] == job.source:
                 rows.append(stream.take())
             last = rows[0]["frame"]
-            faces = smooth_faces(faces_of(rows, class_names), previous, cfg.smooth)
+            face_rows = [row for row in rows if row["face"] is not None]
+            faces = people.follow(last, faces_of(face_rows, class_names), _descriptors(face_rows))
+            for row, face in zip(face_rows, faces):
+                row["track"] = face.track
+            sink(rows)
             csv_rows.write(rows[0]["time_s"], last, faces)
             count_faces(summary, faces)
     summary.frames = min(max(job.frames, last + 1), last + cfg.stride) if last >= 0 else job.frames
+    summary.tracks = people.tracks()
     return ImageResult(job.source, video=summary)
+
+
+def _descriptors(face_rows: list[dict[str, Any]]) -> np.ndarray:
+    """The appearance descriptors the classifiers attached to a frame's face rows (N x DESCRIPTOR_SIZE)."""
+    if not face_rows:
+        return np.zeros((0, DESCRIPTOR_SIZE), np.float32)
+    return np.stack([np.frombuffer(row["descriptor"], np.float32) for row in face_rows])
+
+
+PARQUET_ROWS_PER_WRITE = 10_000  # rows gathered before a Parquet row group is written
 
 
 @contextlib.contextmanager
 def _parquet_sink(folder: str | Path | None, class_names: list[str]):
-    """A function that appends pyarrow batches to folder/results.parquet, written atomically at the end."""
+    """A function that appends result rows (dicts) to folder/results.parquet, written atomically at the end."""
     if folder is None:
-        yield lambda batch: None
+        yield lambda rows: None
         return
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    schema = row_schema(class_names)  # without the descriptor column
+    waiting: list[dict[str, Any]] = []
     with atomic_path(Path(folder) / PARQUET_NAME, suffix=".parquet") as tmp:
-        with pq.ParquetWriter(tmp, row_schema(class_names)) as writer:
-            yield writer.write_table
+        with pq.ParquetWriter(tmp, schema) as writer:
+
+            def sink(rows: list[dict[str, Any]]) -> None:
+                waiting.extend(rows)
+                if len(waiting) >= PARQUET_ROWS_PER_WRITE:
+                    writer.write_table(pa.Table.from_pylist(waiting, schema=schema))
+                    waiting.clear()
+
+            yield sink
+            if waiting:
+                writer.write_table(pa.Table.from_pylist(waiting, schema=schema))

@@ -70,5 +70,5 @@ def format_results(results: Sequence[ImageResult]) -> str:
 
 def _video_line(source: str, video: VideoSummary) -> str:
     top = max(video.emotions, key=video.emotions.get) if video.emotions else "no face"
-    out = f"{source}  video: {video.frames} frames, {video.classified_frames} classified, {video.face_rows} face rows, mostly {top}; csv {video.csv_path}"
+    out = f"{source}  video: {video.frames} frames, {video.classified_frames} classified, {video.face_rows} face rows, {len(video.tracks)} tracked, mostly {top}; csv {video.csv_path}"
     return out + (f"; annotated {video.annotated_path}" if video.annotated_path else "")

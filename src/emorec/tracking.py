@@ -20,7 +20,11 @@ DeepSORT, but a cheap one:
 The appearance cue is `face_descriptor`: a normalised 16x16 grayscale
 thumbnail and a 4x4-cell gradient-orientation histogram of the face crop the
 classifier already gets. It works on grayscale video (no colour) and
-separates two faces that overlap, where motion alone cannot.
+separates two faces that overlap, where motion alone cannot. On the
+labelled photos (../shared/data/photos), the same face shifted, rescaled by 8%,
+blurred and brightened stays within distance 0.18 (1 - cosine) in 95% of
+cases, while 95% of pairs of different people are over 0.35; it costs about
+0.1-0.3 ms per face (benchmarks/tracking.py).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+from array import array
 from contextlib import ExitStack, nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -244,8 +245,9 @@ class VideoTracks:
         self.fps, self.class_names, self.smooth = fps, list(class_names), smooth
         self.tracker = FaceTracker(fps, buffer_seconds)
         self.previous: dict[int, np.ndarray] = {}
-        self.times: dict[int, list[float]] = {}
-        self.probabilities: dict[int, list[list[float]]] = {}
+        # Compact per-track records (8 and 4 bytes a value): an hour of video stays a few MB.
+        self.times: dict[int, array] = {}
+        self.probabilities: dict[int, array] = {}
         self.thumbnails: dict[int, tuple[float, np.ndarray]] = {}  # (detector score, crop) per track
 
     def follow(self, frame_index: int, faces: list[FaceResult], descriptors: np.ndarray,
@@ -260,8 +262,8 @@ class VideoTracks:
         ids = self.tracker.update(frame_index, boxes, descriptors, scores)
         faces = smooth_faces([replace(face, track=i) for face, i in zip(faces, ids)], self.previous, self.smooth)
         for face in faces:
-            self.times.setdefault(face.track, []).append(frame_index / self.fps)
-            self.probabilities.setdefault(face.track, []).append([face.probabilities[c] for c in self.class_names])
+            self.times.setdefault(face.track, array("d")).append(frame_index / self.fps)
+            self.probabilities.setdefault(face.track, array("f")).extend(face.probabilities[c] for c in self.class_names)
             if frame is not None:
                 self._keep_thumbnail(face, frame)
         return faces
@@ -281,7 +283,7 @@ class VideoTracks:
     def tracks(self) -> list[Track]:
         """Every track so far, by id."""
         return [Track(track_id, self.class_names, np.array(self.times[track_id]),
-                      np.array(self.probabilities[track_id], np.float64),
+                      np.array(self.probabilities[track_id], np.float64).reshape(-1, len(self.class_names)),
                       self.thumbnails.get(track_id, (0.0, None))[1]) for track_id in sorted(self.times)]
 
 
