@@ -125,6 +125,11 @@ def test_notebook_runs_end_to_end(tmp_path):
         assert len(lines) == 3 and all(" true " in line for line in lines), lines
     assert images_in(predict_cells) == 2
 
+    video_cells = tagged(notebook, "video")  # two people walking towards each other: two tracks, one plot
+    people = text_of(video_cells[0]).strip().splitlines()
+    assert [line.split(":")[0] for line in people] == ["person #1", "person #2"], people
+    assert images_in(video_cells) == 1
+
     (explain_cell,) = tagged(notebook, "explain")  # 3 val faces the bundled model gets right, 3 it gets wrong
     verdicts = [line.split()[0] for line in text_of(explain_cell).strip().splitlines()[1:]]
     assert verdicts == ["right"] * 3 + ["wrong"] * 3

@@ -245,3 +245,47 @@ def test_model_card_figures_read_the_results_table(tmp_path):
     (tmp_path / "m.md").write_text("| | accuracy | macro-F1 |\n|---|---|---|\n| single pass | **70.1%** | 0.69 |\n")
     assert model_card_figures(model) == {"single pass": "accuracy 70.1%, macro-F1 0.69"}
     assert model_card_figures(tmp_path / "other.onnx") == {}
+
+
+def face_at(name: str, left: bool) -> bytes:
+    """A 640x320 JPEG frame with one photo's face on the left or the right half."""
+    frame = np.full((320, 640, 3), 90, np.uint8)
+    face = cv2.resize(cv2.imread(str(require(PHOTOS / name))), (240, 240))
+    frame[40:280, (40 if left else 360):(280 if left else 600)] = face
+    return cv2.imencode(".jpg", frame)[1].tobytes()
+
+
+def test_stream_frames_get_track_ids_kept_per_stream(client):
+    def frame(stream, name, left):
+        response = post(client, ("frame.jpg", face_at(name, left), "image/jpeg"), stream=stream)
+        assert response.status_code == 200
+        return [face["track"] for face in response.json()[0]["faces"]]
+
+    assert frame("cam-a", PHOTO_NAMES[0], left=True) == [1]
+    assert frame("cam-a", PHOTO_NAMES[0], left=True) == [1]
+    assert frame("cam-a", PHOTO_NAMES[1], left=False) == [2]  # someone else, somewhere else: a new id
+    assert frame("cam-b", PHOTO_NAMES[1], left=False) == [1]  # another stream counts on its own
+    assert "track" not in post(client, ("frame.jpg", face_at(PHOTO_NAMES[0], True), "image/jpeg")).json()[0]["faces"][0]
+
+
+@pytest.mark.parametrize("stream, files", [("bad id!", 1), ("x" * 65, 1), ("cam", 2)])
+def test_bad_stream_requests_get_422(client, stream, files):
+    response = post(client, *[("frame.jpg", photo_bytes(), "image/jpeg")] * files, stream=stream)
+    assert response.status_code == 422 and "stream" in response.json()["detail"]
+
+
+def test_stream_trackers_stay_bounded_and_forget_idle_streams():
+    from emorec.recognizer import Prepared
+    from emorec.serve import StreamTrackers
+
+    now = [0.0]
+    trackers = StreamTrackers(limit=2, idle_seconds=10, clock=lambda: now[0])
+    nothing = Prepared([], np.zeros((0, 48, 48, 1), np.uint8))
+    for stream in ("a", "b", "c"):
+        trackers.assign(stream, nothing, (640, 480))
+    assert list(trackers.streams) == ["b", "c"]  # the stream idle longest made room
+    now[0] = 5.0
+    trackers.assign("c", nothing, (640, 480))
+    now[0] = 12.0
+    trackers.assign("d", nothing, (640, 480))
+    assert list(trackers.streams) == ["c", "d"]  # b: nothing for over 10 s

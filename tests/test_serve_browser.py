@@ -107,3 +107,28 @@ def test_webcam_frames_get_a_label(server, tmp_path):
         assert page.text_content("#status").startswith("Webcam: 1 face")
         page.screenshot(path=str(tmp_path / "webcam.png"))
         browser.close()
+
+
+def test_webcam_faces_get_a_track_id_and_a_strip(server, tmp_path):
+    clip = make_y4m(tmp_path / "clip.y4m")
+    with sync_api.sync_playwright() as playwright:
+        browser = launch(playwright, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                         f"--use-file-for-fake-video-capture={clip}")
+        context = browser.new_context(viewport={"width": 1200, "height": 800}, permissions=["camera"])
+        page = context.new_page()
+        page.goto(server)
+        page.click("#mode-webcam")
+        # Three frames in, the one face is still person #1 and its strip holds a step per frame.
+        page.wait_for_function("document.querySelectorAll('#people .person[data-track=\"1\"] rect').length >= 3",
+                               timeout=60_000)
+        assert page.get_attribute("#faces li", "data-track") == "1"
+        assert page.text_content("#faces li span") == "Person #1"
+        assert page.get_attribute("#canvas", "data-tracks") == "1"
+        assert page.eval_on_selector_all("#people .person", "rows => rows.map(row => row.dataset.track)") == ["1"]
+        steps = page.eval_on_selector_all("#people rect", "steps => steps.map(s => [s.dataset.emotion, s.getAttribute('fill')])")
+        colours = page.evaluate("fetch('/v1/model').then(r => r.json()).then(info => info.colours)")
+        assert all(emotion in DEFAULT_CLASSES and fill == colours[emotion] for emotion, fill in steps)
+        width = page.eval_on_selector("#people .strip", "strip => strip.getBoundingClientRect().width")
+        assert width > 100
+        page.screenshot(path=str(tmp_path / "webcam-tracks.png"))
+        browser.close()

@@ -582,6 +582,7 @@ _PREDICT_FLAGS = {
     "exist_ok": dict(help="replace output files that emorec wrote before: annotated copies, --csv, --parquet (never "
                      "an input, never a file emorec did not write)"),
     "track_buffer": dict(metavar="SECONDS"),
+    "report": dict(metavar="DIR"),
     "save_annotated": dict(metavar="DIR", help="write copies with boxes and labels drawn into DIR"),
     "engine": dict(choices=ENGINES, help="local (default) or ray: Ray Data on a local Ray started for the command, "
                    "or on a cluster with --address"),
@@ -636,6 +637,8 @@ def _predict(args) -> int:
     say(*(output.results_to_json(results) if args.json else output.format_results(results)).splitlines())
     if args.csv:
         say(f"wrote {args.csv}")
+    if args.report and not args.json:  # stdout stays pure JSON
+        say(f"reports in {args.report}")
     return 1 if any(result.error for result in results) else 0
 
 
@@ -646,8 +649,11 @@ def _check_predict_outputs(args, cfg: PredictConfig) -> None:
     sources = cfg.sources
     if args.csv:
         check_output_path(args.csv, sources)
-    if cfg.save_annotated:
-        check_output_path(cfg.save_annotated, sources, folder=True)
+    for folder in (cfg.save_annotated, cfg.report):
+        if folder:
+            check_output_path(folder, sources, folder=True)
+    if cfg.report and cfg.engine == "ray":
+        raise UsageError("--report goes with --engine local")
     ray_only = [flag for flag in ("address", "cpus", "actors", "parquet") if getattr(args, flag, None)]
     if ray_only and cfg.engine != "ray":
         raise UsageError(f"--{ray_only[0]} goes with --engine ray")

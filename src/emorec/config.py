@@ -350,6 +350,7 @@ class PredictConfig:
     detect: bool = _field(True, "False treats every input as an already cropped face")
     tta: str = _field("none", "test-time augmentation: none, flip (mirror) or multi (12 views)")
     save_annotated: str | None = _field(None, "folder for copies with boxes and labels drawn")
+    report: str | None = _field(None, "folder for HTML reports: one page per video, one for the photos")
     stride: int = _field(1, "video: classify every stride-th frame")
     smooth: float = _field(0.0, "video: exponential smoothing of each person's probabilities (0 = off, <1)")
     track_buffer: float = _field(2.0, "video: seconds a face lost from sight keeps its track id for when it comes back")

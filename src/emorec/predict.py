@@ -27,6 +27,7 @@ from emorec.files import check_targets
 from emorec.output import format_results, results_to_json, write_csv
 from emorec.pipeline import ordered_map
 from emorec.recognizer import WHOLE_IMAGE, Prepared, Recognizer, to_bgr
+from emorec.report import photos_report, report_path, video_report, write_report
 from emorec.results import FaceResult, ImageResult, VideoSummary
 from emorec.video import VIDEO_EXTENSIONS, is_video, predict_video, smooth_faces, webcam_index
 
@@ -36,6 +37,7 @@ __all__ = [
     "run_predict", "smooth_faces", "to_bgr", "webcam_index", "is_video",
 ]
 
+PHOTOS_REPORT = "photos"  # the report of the photos of a run: DIR/photos.html
 # Faces of consecutive photos are classified together in one model call, up to
 # these bounds (the photos wait decoded in memory when annotated copies are saved).
 FACES_PER_CALL = 64
@@ -162,12 +164,20 @@ def run_predict(cfg: PredictConfig, progress: bool = True, recognizer: Recognize
     cfg.save_annotated. Each video gives an ImageResult with `video` set, or
     with error set if it could not be opened or its outputs already exist.
     A folder without images or videos gives an ImageResult with error set.
+    With cfg.report, HTML pages go into that folder (see emorec.report):
+    `photos.html` for all photos together and `<stem>.html` per video.
     """
-    recognizer = recognizer or Recognizer.from_config(cfg)
     results, images, videos = plan_sources(cfg.sources)
+    if cfg.report:
+        check_targets(report_targets(cfg.report, images, videos), cfg.exist_ok)
+    recognizer = recognizer or Recognizer.from_config(cfg)
     if images:
         image_cfg = PredictConfig(**{**cfg.__dict__, "sources": images})
-        results += predict_images(image_cfg, progress, recognizer)
+        photos = predict_images(image_cfg, progress, recognizer)
+        results += photos
+        if cfg.report and photos:
+            page = photos_report(photos, recognizer.class_names, _photos_title(images), model_name(recognizer))
+            write_report(report_path(cfg.report, PHOTOS_REPORT), page, cfg.exist_ok)
     for source, name in videos:
         results.append(_run_video(source, name, cfg, recognizer, progress))
     return results
@@ -202,16 +212,36 @@ def planned_outputs(cfg: PredictConfig) -> tuple[list[Path], list[Path]]:
     return outputs, [path for path, _ in files]
 
 
+def report_targets(folder: str | Path, images: list[str], videos: list[tuple[str, Path | None]]) -> list[Path]:
+    """The HTML pages run_predict writes into folder: photos.html when there are photos, one per video."""
+    pages = [report_path(folder, PHOTOS_REPORT)] if images else []
+    return pages + [report_path(folder, _output_stem(source, name)) for source, name in videos]
+
+
+def model_name(recognizer: Recognizer) -> str:
+    """The model file a recognizer runs, as reports name it."""
+    path = recognizer.runtime.path
+    return path.name if path is not None else ""
+
+
+def _photos_title(images: list[str]) -> str:
+    return images[0] if len(images) == 1 else f"{len(images)} photo sources"
+
+
 def video_outputs(source: str | Path, cfg: PredictConfig, name: Path | None = None) -> tuple[Path, Path | None]:
     """Where run_predict writes the CSV and (optionally) the annotated video of a source.
 
     name is the video's path below a folder source, kept so that same-named
     videos of different sub-folders get outputs of their own.
     """
-    index = webcam_index(source)
-    stem = Path(f"webcam{index}") if index is not None else (name or Path(Path(source).name)).with_suffix("")
+    stem = _output_stem(source, name)
     folder = Path(cfg.save_annotated) if cfg.save_annotated else Path.cwd()
     return folder / f"{stem}.csv", (folder / f"{stem}.mp4" if cfg.save_annotated else None)
+
+
+def _output_stem(source: str | Path, name: Path | None) -> Path:
+    index = webcam_index(source)
+    return Path(f"webcam{index}") if index is not None else (name or Path(Path(source).name)).with_suffix("")
 
 
 def _run_video(source: str, name: Path | None, cfg: PredictConfig, recognizer: Recognizer, progress: bool) -> ImageResult:
@@ -221,4 +251,8 @@ def _run_video(source: str, name: Path | None, cfg: PredictConfig, recognizer: R
         summary = predict_video(index if index is not None else source, cfg, csv_path, annotated_path, recognizer, progress)
     except (ValueError, FileExistsError, OSError) as exc:
         return ImageResult(str(source), error=str(exc))
+    if cfg.report:
+        page = video_report(source, summary.tracks, recognizer.class_names, summary.fps,
+                            summary.frames / summary.fps, model_name(recognizer))
+        write_report(report_path(cfg.report, _output_stem(source, name)), page, cfg.exist_ok)
     return ImageResult(str(source), video=summary)

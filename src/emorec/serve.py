@@ -3,6 +3,9 @@
     POST /v1/predict   multipart field `files` (one or more photos); ?tta=flip&detect=false
                        -> a JSON list, one object per file in upload order, shaped as
                           `emorec predict --json` prints it (source = the uploaded name)
+                       ?stream=ID: the file is the next frame of a live stream (the web
+                          page's webcam); each face gets `track`, an id that stays with
+                          the same person across that stream's frames
     GET  /v1/model     class names, input size, model file, versions, model card figures
     GET  /healthz      200 once the model is loaded
     GET  /             the web page (photos or the webcam; served from the package, works offline)
@@ -33,15 +36,22 @@ import tempfile
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from emorec import __version__
 from emorec.config import ServeConfig, tta_mode
 from emorec.images import MAX_PIXELS, ImageReadError, read_image
+from emorec.faces import Face
 from emorec.recognizer import Prepared, Recognizer
+from emorec.report import emotion_colours
 from emorec.results import ImageResult
+from emorec.tracking import FaceTracker, face_descriptors
 
 WEB = Path(__file__).parent / "web"
 MAX_DECODED_BYTES = 256 * 2**20  # one image's pixels, decoded: the reader's per-image byte budget
@@ -272,6 +282,76 @@ def _sixteen_bit(image, payload: bytes) -> bool:
     return image.mode.startswith("I;16")
 
 
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class StreamTrackers:
+    """A FaceTracker per live stream id, so each webcam keeps its own track ids.
+
+    At most `limit` streams are followed (a new one pushes out the one idle
+    longest) and a stream without a frame for `idle_seconds` is forgotten:
+    memory stays bounded whatever clients send. Frames are numbered by their
+    arrival time at `fps`, so the trackers' motion model sees real time
+    between frames however irregularly a browser posts them.
+    """
+
+    def __init__(self, limit: int = 64, idle_seconds: float = 60.0, fps: float = 10.0, buffer_seconds: float = 3.0,
+                 clock=time.monotonic):
+        self.limit, self.idle_seconds, self.fps, self.buffer_seconds = limit, idle_seconds, fps, buffer_seconds
+        self.clock, self.lock = clock, threading.Lock()
+        self.streams: OrderedDict[str, tuple[FaceTracker, float, float]] = OrderedDict()  # id -> tracker, start, last
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def assign(self, stream: str, prepared: Prepared, frame_size: tuple[int, int]) -> list[int]:
+        """Track ids for the faces of a stream's next frame, in the order of prepared.regions."""
+        boxes = [region.box if isinstance(region, Face) else (0, 0, *frame_size) for region in prepared.regions]
+        scores = [region.score if isinstance(region, Face) else 1.0 for region in prepared.regions]
+        descriptors = face_descriptors(prepared.crops)
+        with self.lock:
+            now = self.clock()
+            tracker, start = self._tracker(stream, now)
+            frame = max(round((now - start) * self.fps), (tracker.last_frame or 0) + 1)
+            return tracker.update(frame, np.array(boxes, float).reshape(-1, 4), descriptors, np.array(scores))
+
+    def _tracker(self, stream: str, now: float) -> tuple[FaceTracker, float]:
+        for old in [key for key, (*_, last) in self.streams.items() if now - last > self.idle_seconds]:
+            del self.streams[old]
+        tracker, start, _ = self.streams.pop(stream, None) or (FaceTracker(self.fps, self.buffer_seconds), now, now)
+        while len(self.streams) >= self.limit:
+            self.streams.popitem(last=False)  # the stream idle longest
+        self.streams[stream] = (tracker, start, now)
+        return tracker, start
+
+
+def recognize_frame(recognizer: Recognizer, upload: tuple[str, bytes], trackers: StreamTrackers, stream: str,
+                    budget: ByteBudget | None = None, wait: float = 0.0) -> dict:
+    """One frame of a live stream as `predict --json` shapes it, each face with its `track` id in that stream.
+
+    Its decoded pixels are taken from budget as in recognize_uploads.
+    """
+    name, payload = upload
+    result = ImageResult(name)
+    needed = _refuse_oversized([result], [decoded_bytes(payload)],
+                               min(MAX_DECODED_BYTES, budget.limit) if budget else MAX_DECODED_BYTES)
+    if result.error is not None:
+        return result.to_dict()
+    if budget is not None and not budget.take(needed, wait):
+        raise Busy
+    try:
+        image = decode_upload(name, payload)
+        prepared = recognizer.prepare(image)
+    except (ImageReadError, ValueError) as error:
+        return ImageResult(name, error=str(error)).to_dict()
+    finally:
+        if budget is not None:
+            budget.give(needed)
+    [faces] = recognizer.classify_prepared([prepared])
+    tracks = trackers.assign(stream, prepared, image.shape[1::-1])
+    return ImageResult(name, [replace(face, track=track) for face, track in zip(faces, tracks)]).to_dict()
+
+
 def decode_upload(name: str, payload: bytes):
     """An uploaded file as a BGR array, through the same safe reader as files on disk; errors name the upload."""
     suffix = Path(name).suffix.lower()
@@ -313,6 +393,7 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
     state: dict = {}
     admission = Admission(cfg.queue)
     pixels = ByteBudget(int(cfg.decode_mb * 1e6))
+    trackers = StreamTrackers()
     pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="emorec-infer")
 
     @asynccontextmanager
@@ -341,11 +422,13 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
         path = rec.runtime.path
         return {"class_names": rec.class_names, "image_size": rec.info.image_size, "color_mode": rec.info.color_mode,
                 "arch": rec.info.arch, "model_file": path.name if path else None, "emorec_version": __version__,
-                "model_card": model_card_figures(path)}
+                "model_card": model_card_figures(path), "colours": emotion_colours(rec.class_names)}
 
     @app.post("/v1/predict")
     async def predict(files: list[UploadFile] = File(...), tta: str = Query("none", description="none, flip or multi"),
-                      detect: bool = Query(True, description="false: each file is already a face crop")):
+                      detect: bool = Query(True, description="false: each file is already a face crop"),
+                      stream: str | None = Query(None, description="a live stream's id (letters, digits, - and _): "
+                                                 "the file is its next frame and each face gets a `track` id")):
         """Faces and emotions for each uploaded photo, in upload order."""
         try:
             mode = tta_mode(tta)
@@ -353,11 +436,17 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None):
             raise HTTPException(422, str(error)) from None
         if len(files) > cfg.max_files:
             raise HTTPException(413, f"at most {cfg.max_files} files per request")
+        if stream is not None and (not STREAM_ID.fullmatch(stream) or len(files) != 1):
+            raise HTTPException(422, "stream: one frame per request, and an id of 1 to 64 letters, digits, - or _")
         uploads = [(file.filename or f"file{i + 1}", await file.read()) for i, file in enumerate(files)]
         rec = state["recognizer"].with_options(tta=mode, detect=detect)
+        loop = asyncio.get_running_loop()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(pool, recognize_uploads, rec, uploads,
-                                                                       pixels, DECODE_WAIT_S)
+            if stream is not None:
+                body = await loop.run_in_executor(pool, recognize_frame, rec, uploads[0], trackers, stream, pixels,
+                                                  DECODE_WAIT_S)
+                return JSONResponse([body], status_code=422 if body["error"] else 200)
+            results = await loop.run_in_executor(pool, recognize_uploads, rec, uploads, pixels, DECODE_WAIT_S)
         except Busy:
             raise HTTPException(503, "busy: too many images being decoded", {"Retry-After": "1"}) from None
         body = [result.to_dict() for result in results]

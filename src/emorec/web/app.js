@@ -1,5 +1,7 @@
 // The emorec page: photos or webcam frames go to /v1/predict; each face gets its box and top
 // emotion drawn on the image, and the selected face's probabilities are shown as bars.
+// Webcam frames carry a stream id, so the server tracks who is who: each person gets "#id" and
+// a strip of their emotions over the last STRIP_SECONDS.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,8 +9,9 @@ const canvas = $("canvas");
 const ctx = canvas.getContext("2d");
 const WEBCAM_INTERVAL_MS = 350;
 const BOX = "#14a06f";
+const STRIP_SECONDS = 30;
 
-const state = { items: [], current: -1, selected: 0, webcam: null, busy: false };
+const state = { items: [], current: -1, selected: 0, webcam: null, busy: false, colours: {}, history: new Map() };
 
 function setStatus(text, error = false) {
   $("status").textContent = text;
@@ -18,6 +21,7 @@ function setStatus(text, error = false) {
 async function loadModel() {
   try {
     const info = await (await fetch("/v1/model")).json();
+    state.colours = info.colours || {};
     const figure = Object.values(info.model_card || {})[0];
     $("model").textContent = `${info.model_file} · ${info.class_names.length} emotions` + (figure ? ` · ${figure} on FER2013 val` : "");
   } catch (error) {
@@ -25,10 +29,11 @@ async function loadModel() {
   }
 }
 
-async function predict(blob, name) {
+async function predict(blob, name, stream = null) {
   const form = new FormData();
   form.append("files", blob, name);
-  const response = await fetch("/v1/predict", { method: "POST", body: form });
+  const url = stream ? `/v1/predict?stream=${encodeURIComponent(stream)}` : "/v1/predict";
+  const response = await fetch(url, { method: "POST", body: form });
   if (response.status === 503) throw new Error("The server is busy; trying again shortly.");
   if (response.status === 413) throw new Error("That file is too large for this server.");
   const [result] = await response.json();
@@ -50,7 +55,7 @@ function draw(source, result, selected) {
     const [x, y, w, h] = face.box || [0, 0, width, height];
     ctx.strokeStyle = index === selected ? "#ffd166" : BOX;
     ctx.strokeRect(x, y, w, h);
-    const label = `${face.emotion} ${Math.round(face.confidence * 100)}%`;
+    const label = faceLabel(face);
     const textWidth = ctx.measureText(label).width + 10 * scale;
     const textHeight = 22 * scale;
     const top = y - textHeight >= 0 ? y - textHeight : y;
@@ -61,6 +66,13 @@ function draw(source, result, selected) {
   });
   canvas.dataset.faces = String(faces.length);
   canvas.dataset.labels = faces.map((face) => face.emotion).join(",");
+  canvas.dataset.tracks = faces.map((face) => face.track || "").join(",");
+}
+
+// "happy 87%", or "#2 happy 87%" for a tracked webcam face.
+function faceLabel(face) {
+  const who = face.track ? `#${face.track} ` : "";
+  return `${who}${face.emotion} ${Math.round(face.confidence * 100)}%`;
 }
 
 function showFaces(result, selected) {
@@ -70,8 +82,10 @@ function showFaces(result, selected) {
   faces.forEach((face, index) => {
     const item = document.createElement("li");
     item.dataset.emotion = face.emotion;
+    if (face.track) item.dataset.track = String(face.track);
     item.className = index === selected ? "selected" : "";
-    item.innerHTML = `<span>Face ${index + 1}</span><span class="emotion"></span>`;
+    item.innerHTML = `<span></span><span class="emotion"></span>`;
+    item.firstChild.textContent = face.track ? `Person #${face.track}` : `Face ${index + 1}`;
     item.querySelector(".emotion").textContent = `${face.emotion} ${Math.round(face.confidence * 100)}%`;
     item.addEventListener("click", () => select(index));
     list.append(item);
@@ -156,7 +170,9 @@ async function startWebcam() {
     const video = $("video");
     video.srcObject = stream;
     await video.play();
-    state.webcam = { stream, timer: setInterval(webcamFrame, WEBCAM_INTERVAL_MS) };
+    const id = Math.random().toString(36).slice(2, 12);  // this page's stream: the server tracks faces per id
+    state.webcam = { stream, id, timer: setInterval(webcamFrame, WEBCAM_INTERVAL_MS) };
+    state.history = new Map();
     setStatus("Webcam on: looking for faces…");
   } catch (error) {
     setStatus(`Webcam unavailable: ${error.message}`, true);
@@ -173,8 +189,10 @@ async function webcamFrame() {
   frame.getContext("2d").drawImage(video, 0, 0);
   try {
     const blob = await new Promise((resolve) => frame.toBlob(resolve, "image/jpeg", 0.85));
-    const result = await predict(blob, "webcam.jpg");
+    const result = await predict(blob, "webcam.jpg", state.webcam.id);
     if (!state.webcam) return;
+    remember(result.faces, performance.now() / 1000);
+    showPeople(performance.now() / 1000);
     state.items = [{ name: "webcam", image: frame, result }];
     state.current = 0;
     draw(frame, result, Math.min(state.selected, Math.max(result.faces.length - 1, 0)));
@@ -189,11 +207,61 @@ async function webcamFrame() {
   }
 }
 
+// Each tracked person's emotions, kept for the last STRIP_SECONDS.
+function remember(faces, now) {
+  for (const face of faces) {
+    if (!face.track) continue;
+    if (!state.history.has(face.track)) state.history.set(face.track, []);
+    state.history.get(face.track).push({ time: now, emotion: face.emotion });
+  }
+  for (const [track, samples] of state.history) {
+    while (samples.length && samples[0].time < now - STRIP_SECONDS) samples.shift();
+    if (!samples.length) state.history.delete(track);
+  }
+}
+
+// One strip per person: a coloured step per frame, the newest on the right.
+function showPeople(now) {
+  const list = $("people");
+  list.replaceChildren();
+  $("people-title").hidden = state.history.size === 0;
+  const svgNS = "http://www.w3.org/2000/svg";
+  for (const [track, samples] of [...state.history].sort((a, b) => a[0] - b[0])) {
+    const row = document.createElement("div");
+    row.className = "person";
+    row.dataset.track = String(track);
+    const name = document.createElement("span");
+    name.className = "who";
+    name.textContent = `#${track}`;
+    const strip = document.createElementNS(svgNS, "svg");
+    strip.setAttribute("viewBox", `0 0 ${STRIP_SECONDS} 1`);
+    strip.setAttribute("preserveAspectRatio", "none");
+    strip.classList.add("strip");
+    samples.forEach((sample, i) => {
+      const end = i + 1 < samples.length ? samples[i + 1].time : now + WEBCAM_INTERVAL_MS / 1000;
+      const step = document.createElementNS(svgNS, "rect");
+      step.setAttribute("x", String(sample.time - (now - STRIP_SECONDS)));
+      step.setAttribute("width", String(Math.max(end - sample.time, 0.05)));
+      step.setAttribute("height", "1");
+      step.setAttribute("fill", state.colours[sample.emotion] || BOX);
+      step.dataset.emotion = sample.emotion;
+      strip.append(step);
+    });
+    const last = document.createElement("span");
+    last.className = "now";
+    last.textContent = samples[samples.length - 1].emotion;
+    row.append(name, strip, last);
+    list.append(row);
+  }
+}
+
 function stopWebcam() {
   if (!state.webcam) return;
   clearInterval(state.webcam.timer);
   state.webcam.stream.getTracks().forEach((track) => track.stop());
   state.webcam = null;
+  state.history = new Map();
+  showPeople(0);
 }
 
 function photosMode() {
