@@ -219,7 +219,7 @@ def face_cell(source: str, face: Any) -> str:
 def crop_face(source: str, box: Sequence[int] | None) -> np.ndarray | None:
     """A face of a photo framed as the model sees it, in colour (BGR); the whole photo when box is None;
     None if the photo cannot be read."""
-    from emorec.data import ImageReadError, read_image
+    from emorec.images import ImageReadError, read_image
     from emorec.faces import Face, crop_face as frame_face
 
     try:
