@@ -444,6 +444,8 @@ def _add_evaluate(commands) -> None:
     _add_tta_flag(cmd)
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     cmd.add_argument("--exist-ok", action="store_true", help="replace an existing report")
+    cmd.add_argument("--exclude-copies-of", metavar="TRAIN", default=None,
+                     help="also report the figures on the images without a copy in this folder (the training data)")
     _add_label_flags(cmd)
     cmd.set_defaults(handler=_evaluate)
 
@@ -476,11 +478,13 @@ def _evaluate(args) -> int:
 
     path = model_path(args.model)
     read_info(path)  # a missing or foreign file fails before the report folder is made
-    check_output_path(args.out or Path("runs") / "evaluate", [args.data, path], folder=True)
+    inputs = [args.data, path] + ([args.exclude_copies_of] if args.exclude_copies_of else [])
+    check_output_path(args.out or Path("runs") / "evaluate", inputs, folder=True)
     made = None if args.out else new_run_dir(Path("runs") / "evaluate", path.stem)
     out = args.out or made
     try:
-        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok, labels=_label_spec(args))
+        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok, labels=_label_spec(args),
+                          exclude_copies_of=args.exclude_copies_of)
     except BaseException:
         if made is not None:  # a failed evaluation leaves no empty report folder
             shutil.rmtree(made, ignore_errors=True)
