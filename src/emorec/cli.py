@@ -502,7 +502,7 @@ def _evaluate(args) -> int:
 
 def _add_export(commands) -> None:
     cmd = commands.add_parser("export", help="convert a .keras model to ONNX for the light runtime (checked against Keras)")
-    cmd.add_argument("model", help=".keras file written by emorec train, or a bundled model: fer2013, ferplus, \"bundled\"")
+    cmd.add_argument("model", help=".keras file written by emorec train")
     cmd.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default onnx)")
     cmd.add_argument("--out", help="output file (default: the model's path with .onnx)")
     cmd.add_argument("--int8", metavar="VAL", help="also write NAME.int8.onnx, kept only if its accuracy on the "

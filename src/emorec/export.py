@@ -39,7 +39,7 @@ class ExportResult:
 
 def export_onnx(model: str | Path | None, out: str | Path | None = None, overwrite: bool = False,
                 tolerance: float = TOLERANCE) -> ExportResult:
-    """Export a saved `.keras` model (None/"bundled": the bundled one) to ONNX at out (default: beside it, .onnx).
+    """Export a saved `.keras` model to ONNX at out (default: beside it, .onnx).
 
     Raises FileExistsError if out exists and overwrite is False, and
     ModelError (writing nothing) when the exported file's probabilities
@@ -48,6 +48,8 @@ def export_onnx(model: str | Path | None, out: str | Path | None = None, overwri
     from emorec.model import load_model, model_path
 
     source = model_path(model)
+    if source.suffix == ".onnx":
+        raise ValueError(f"{source}: already an ONNX model; export converts .keras files")
     out = Path(out) if out is not None else source.with_suffix(".onnx")
     if out.suffix != ".onnx":
         raise ValueError(f"{out}: ONNX files must end in .onnx")

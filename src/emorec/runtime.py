@@ -36,7 +36,6 @@ MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED_NAMES = ("fer2013", "ferplus")  # models shipped in MODELS_DIR; see their model cards there
 DEFAULT_MODEL = "ferplus"  # what "bundled" (and no model at all) means: see the model cards for why
 BUNDLED_ONNX = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.onnx"
-BUNDLED_KERAS = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.keras"
 MODEL_SUFFIXES = (".onnx", ".keras")
 BATCH = 256  # images per forward call on long lists (bounded memory)
 
@@ -77,24 +76,17 @@ class ModelInfo:
 
 
 def model_path(path: str | Path | None) -> Path:
-    """The file of a model argument for inference.
+    """The file of a model argument.
 
     A bundled model's name ("fer2013", "ferplus") means its ONNX file and NAME-int8 its
     int8 copy; None and "bundled" mean the default model (DEFAULT_MODEL). Anything
-    else is a path.
+    else is a path. Bundled models ship as ONNX only: training from one and
+    explaining one rebuild it in Keras (emorec.model.model_from_onnx).
     """
     name = _bundled_name(path)
     if name is None:
         return Path(path)
     return MODELS_DIR / f"emorec-{name.removesuffix('-int8')}{'.int8' if name.endswith('-int8') else ''}.onnx"
-
-
-def keras_path(path: str | Path | None) -> Path:
-    """The `.keras` file of a model argument for training: a bundled model's name, None/"bundled", or a path."""
-    name = _bundled_name(path)
-    if name is None or name.endswith("-int8"):
-        return Path(path)
-    return MODELS_DIR / f"emorec-{name}.keras"
 
 
 def names_a_model(text: str) -> bool:
