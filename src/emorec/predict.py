@@ -25,7 +25,7 @@ from emorec.data import IMAGE_EXTENSIONS, ImageReadError, read_image
 from emorec.draw import annotate, save_annotated
 from emorec.files import check_targets
 from emorec.output import format_results, results_to_json, write_csv
-from emorec.pipeline import ordered_map
+from emorec.pipeline import model_threads, ordered_map
 from emorec.recognizer import WHOLE_IMAGE, Prepared, Recognizer, to_bgr
 from emorec.results import FaceResult, ImageResult, VideoSummary
 from emorec.video import VIDEO_EXTENSIONS, is_video, predict_video, smooth_faces, webcam_index
@@ -93,7 +93,7 @@ def predict_images(cfg: PredictConfig, progress: bool = True, recognizer: Recogn
     out_dir = Path(cfg.save_annotated) if cfg.save_annotated else None
     if out_dir is not None:
         check_targets([out_dir / name for _, name in pairs], cfg.exist_ok)
-    recognizer = recognizer or Recognizer.from_config(cfg)
+    recognizer = recognizer or Recognizer.from_config(cfg, threads=model_threads())
 
     def read_and_prepare(position: int):
         image, prepared = read_photo(recognizer, pairs[position][0])
@@ -162,7 +162,7 @@ def run_predict(cfg: PredictConfig, progress: bool = True, recognizer: Recognize
     with error set if it could not be opened or its outputs already exist.
     A folder without images or videos gives an ImageResult with error set.
     """
-    recognizer = recognizer or Recognizer.from_config(cfg)
+    recognizer = recognizer or Recognizer.from_config(cfg, threads=model_threads())
     results, images, videos = plan_sources(cfg.sources)
     if images:
         image_cfg = PredictConfig(**{**cfg.__dict__, "sources": images})

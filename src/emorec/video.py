@@ -22,7 +22,7 @@ import numpy as np
 from emorec.config import PredictConfig
 from emorec.draw import annotate
 from emorec.files import atomic_path, check_targets, stat_regular
-from emorec.pipeline import in_background, ordered_map
+from emorec.pipeline import in_background, model_threads, ordered_map
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, VideoSummary
 
@@ -65,7 +65,7 @@ def predict_video(
     """
     targets = [Path(csv_path)] + ([Path(annotated_path)] if annotated_path else [])
     check_targets(targets, cfg.exist_ok)
-    recognizer = recognizer or Recognizer.from_config(cfg)
+    recognizer = recognizer or Recognizer.from_config(cfg, threads=model_threads())
     capture = open_capture(source)
     summary = VideoSummary(str(source), fps=capture_fps(capture), csv_path=str(csv_path))
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if webcam_index(source) is None else 0
