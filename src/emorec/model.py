@@ -360,10 +360,12 @@ def model_from_onnx(path: str | Path) -> tuple[keras.Model, ModelInfo]:
     with the graph, or a rebuilt model whose probabilities differ from ONNX
     Runtime's by more than 1e-4 on face-like images.
     """
+    from emorec.export import TOLERANCE, check_faces
+    from emorec.extras import require
+
+    require("onnx", "training from or explaining an ONNX model")
     import onnx
     from onnx import numpy_helper
-
-    from emorec.export import TOLERANCE, check_faces
 
     onnx_model = OnnxModel(path)
     info, path = onnx_model.info, onnx_model.path
