@@ -1,6 +1,6 @@
 """Benchmark emorec against the `fer` package on the labelled photos in shared/data/photos.
 
-    .venv/bin/python benchmarks/photos.py [--model M.keras] [--tools emorec fer fer-mtcnn]
+    .venv/bin/python benchmarks/photos.py [--model M.onnx] [--tools emorec fer fer-mtcnn]
 
 For each tool: photos in which a face was found, accuracy against labels.csv
 (top emotion of the largest face; a photo without a face counts as wrong),
@@ -191,7 +191,7 @@ def table(results: list[dict]) -> str:
 def parse_args(argv=None):
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="emorec .keras model (default: the bundled model)")
+    parser.add_argument("--model", help="emorec .onnx or .keras model (default: the bundled model)")
     parser.add_argument("--detector", default="auto", help="emorec face detector (default: auto)")
     parser.add_argument("--photos", default=str(DEFAULT_PHOTOS), help="folder with the photos and labels.csv")
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
@@ -223,7 +223,7 @@ def main(argv=None) -> None:
 
 
 def _bundled_model() -> Path:
-    return REPO / "src" / "emorec" / "models" / "emorec-fer2013.keras"
+    return REPO / "src" / "emorec" / "models" / "emorec-ferplus.onnx"  # the default bundled model
 
 
 if __name__ == "__main__":

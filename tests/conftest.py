@@ -15,8 +15,8 @@ DATA = Path(os.environ.get("EMOREC_TEST_DATA") or Path(__file__).resolve().paren
 FER = DATA / "fer2013"
 PHOTOS = DATA / "photos"
 MODELS = Path(__file__).resolve().parents[1] / "src" / "emorec" / "models"
-BUNDLED = MODELS / "emorec-ferplus.keras"  # the default model's Keras file
-FER2013_MODEL = MODELS / "emorec-fer2013.keras"
+BUNDLED = MODELS / "emorec-ferplus.onnx"  # the default model's file
+FER2013_MODEL = MODELS / "emorec-fer2013.onnx"
 
 # Three classes that are plentiful in FER2013 and fairly distinct.
 SMALL_CLASSES = ("angry", "happy", "surprise")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import emorec
-from emorec.catalog import BUNDLED_NAMES, DEFAULT_MODEL, MODELS_DIR, bundled_name, keras_path, names_a_model, onnx_path
+from emorec.catalog import BUNDLED_NAMES, DEFAULT_MODEL, MODELS_DIR, bundled_name, names_a_model, onnx_path
 
 SOURCES = Path(emorec.__file__).parent
 
@@ -27,20 +27,17 @@ def _emorec_imports(module: str) -> set[str]:
 
 def test_bundled_means_the_default_model_and_other_names_are_paths(tmp_path):
     assert onnx_path("bundled") == onnx_path(DEFAULT_MODEL) and onnx_path("bundled-int8") == onnx_path(f"{DEFAULT_MODEL}-int8")
-    assert keras_path(None) == keras_path("bundled") == keras_path(DEFAULT_MODEL)
-    assert onnx_path("ferplus2") == Path("ferplus2") and keras_path(str(tmp_path / "m.keras")) == tmp_path / "m.keras"
+    assert onnx_path(None) == onnx_path("bundled") == MODELS_DIR / f"emorec-{DEFAULT_MODEL}.onnx"
+    assert onnx_path("ferplus2") == Path("ferplus2") and onnx_path(str(tmp_path / "m.keras")) == tmp_path / "m.keras"
     assert names_a_model("fer2013") and names_a_model("x.onnx") and not names_a_model("photo.jpg")
 
 
 @pytest.mark.parametrize("name", BUNDLED_NAMES)
 def test_every_bundled_name_has_its_files(name):
-    assert onnx_path(name).is_file() and onnx_path(f"{name}-int8").is_file() and keras_path(name).is_file()
+    assert onnx_path(name).is_file() and onnx_path(f"{name}-int8").is_file()
+    assert not (MODELS_DIR / f"emorec-{name}.keras").exists()  # the base install ships ONNX only
     assert (MODELS_DIR / f"emorec-{name}.md").is_file()  # its model card
     assert bundled_name(name) == name and bundled_name(str(onnx_path(name))) is None
-
-
-def test_an_int8_name_has_no_keras_file():
-    assert keras_path(f"{DEFAULT_MODEL}-int8") == Path(f"{DEFAULT_MODEL}-int8")
 
 
 def test_the_catalog_imports_nothing_from_emorec():

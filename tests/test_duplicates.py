@@ -11,7 +11,7 @@ import pytest
 from conftest import FER, PHOTOS, PHOTO_NAMES, copy_fer_subset, require, write_image
 
 from emorec.cli import main
-from emorec.duplicates import find_duplicates, group_pairs, matching_groups, matching_pairs, rank_images
+from emorec.duplicates import copies_in, find_duplicates, group_pairs, matching_groups, matching_pairs, rank_images
 from emorec.images import read_image
 from emorec.preprocess import to_model_input
 
@@ -160,6 +160,32 @@ def test_identical_copies_are_compared_once_so_memory_stays_linear():
         tracemalloc.stop()
     assert groups == [list(range(4000))]
     assert peak < 120 * 2**20  # every pair: 8 million candidate pairs, over 250 MiB
+
+
+def test_copies_in_marks_the_data_images_with_a_copy_in_the_other_folder(tmp_path):
+    """Real FER2013 val faces against real train faces plus planted copies: identical, contrast-remapped, re-encoded."""
+    data = sorted(copy_fer_subset(tmp_path / "val", "val", CLASSES, 3).rglob("*.jpg"))
+    other = copy_fer_subset(tmp_path / "train", "train", CLASSES, 10)
+    planted = {0: lambda g: g, 4: lambda g: g, 8: VARIANTS["stretched.png"], 12: VARIANTS["gamma.png"],
+               16: VARIANTS["equalised.png"], 20: VARIANTS["jpeg30.jpg"]}
+    for index, make in planted.items():
+        gray = cv2.imread(str(data[index]), cv2.IMREAD_GRAYSCALE)
+        write_image(other / "neutral" / f"copy_{index}.png", make(gray))  # any class folder: labels do not matter
+    found = copies_in(data, other)
+    assert found.dtype == bool and found.shape == (len(data),)
+    assert found[list(planted)].all()
+    # Beyond the planted copies, exactly the data images the duplicate report links to the other folder.
+    report = find_duplicates(tmp_path / "val", [other], progress=False, detector="haar")
+    linked = {e.path for group in report.groups if any(e.folder == 1 for e in group) for e in group if e.folder == 0}
+    assert {data[i] for i in np.flatnonzero(found)} == linked
+    assert (~found).sum() >= len(data) - len(planted) - 2  # distinct faces stay unmarked
+
+
+def test_copies_in_leaves_blank_images_and_an_empty_list_unmarked(tmp_path):
+    blank = write_image(tmp_path / "data" / "a" / "black.png", np.zeros((48, 48), np.uint8))
+    write_image(tmp_path / "other" / "a" / "black.png", np.zeros((48, 48), np.uint8))
+    assert copies_in([blank], tmp_path / "other").tolist() == [False]
+    assert copies_in([], tmp_path / "other").shape == (0,)
 
 
 def test_group_pairs_joins_chains():

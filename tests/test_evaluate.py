@@ -7,9 +7,11 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import SMALL_CLASSES
+from conftest import SMALL_CLASSES, write_image
 
+from emorec.cli import main
 from emorec.data import DatasetError, load_arrays, save_pack, scan_dataset
+from emorec.duplicates import copies_in
 from emorec.evaluate import compute_metrics, evaluate, load_eval_data, plot_history, write_report
 from emorec.model import load_model, predict_probabilities
 
@@ -181,3 +183,57 @@ def test_evaluate_on_a_pack_of_another_image_size(untrained_model_path, fer_tree
 def test_evaluate_shows_progress_while_predicting(untrained_model_path, fer_tree, capsys):
     evaluate(untrained_model_path, fer_tree(per_class=3), progress=True)
     assert "predicting" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# Whole and clean: leaving out the images with a copy in the training data
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def val_and_leaky_train(fer_tree, tmp_path):
+    """A val tree of real faces, and a train tree holding real train faces plus copies of four val images."""
+    val = fer_tree(per_class=8, split="val", name="val")
+    train = fer_tree(per_class=5, split="train", name="train")
+    val_files = sorted(val.rglob("*.jpg"))
+    for index in (0, 5, 10, 20):
+        gray = cv2.imread(str(val_files[index]), cv2.IMREAD_GRAYSCALE)
+        write_image(train / "happy" / f"leak_{index}.png", gray if index % 2 else cv2.equalizeHist(gray))
+    return val, train
+
+
+def test_evaluate_reports_whole_and_clean_figures(untrained_model_path, val_and_leaky_train, tmp_path):
+    val, train = val_and_leaky_train
+    report = evaluate(untrained_model_path, val, out_dir=tmp_path / "eval", progress=False, exclude_copies_of=train)
+    model, info = load_model(untrained_model_path)
+    scan = scan_dataset(val, progress=False)
+    data = load_arrays(scan, info.image_size, info.channels, progress=False)
+    predicted = predict_probabilities(model, data.images).argmax(axis=1)
+    copies = copies_in(scan.valid_paths, train)
+    assert report.images == 24 and report.copies == int(copies.sum()) >= 4
+    assert report.confusion == compute_metrics(data.labels, predicted, info.class_names).confusion
+    clean = compute_metrics(data.labels[~copies], predicted[~copies], info.class_names)
+    assert report.clean.images == 24 - report.copies and report.clean.confusion == clean.confusion
+    assert report.clean.accuracy == pytest.approx(clean.accuracy, abs=0)
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert saved["copies_of"] == str(train) and saved["clean"]["images"] == report.clean.images
+    assert f"without copies in {train}: accuracy {clean.accuracy:.4f}" in report.table()
+
+
+def test_evaluate_exclude_copies_of_on_the_command_line(untrained_model_path, val_and_leaky_train, tmp_path, capsys):
+    val, train = val_and_leaky_train
+    assert main(["evaluate", str(untrained_model_path), str(val), "--exclude-copies-of", str(train),
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "images 24" in out and f"without copies in {train}" in out
+    assert main(["evaluate", str(untrained_model_path), str(val), "--exclude-copies-of", str(tmp_path / "gone"),
+                 "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gone: no such folder" in err[0]
+
+
+def test_evaluate_exclude_copies_of_refuses_a_pack(untrained_model_path, val_and_leaky_train, tmp_path):
+    val, train = val_and_leaky_train
+    pack = save_pack(tmp_path / "faces.npz", {"val": load_arrays(scan_dataset(val, progress=False), 48, 1, False)})
+    with pytest.raises(DatasetError, match="not a pack"):
+        evaluate(untrained_model_path, pack, progress=False, exclude_copies_of=train)

@@ -109,15 +109,16 @@ def test_gradients_on_the_jax_backend_match_tensorflow(crops_explainer, tmp_path
 
 
 def test_an_unsupported_backend_or_model_is_one_clear_error(tmp_path):
-    from emorec.explain import _gradient, keras_model_file
-    from emorec.catalog import BUNDLED_ONNX
+    from emorec.explain import _gradient, keras_runtime
+    from emorec.runtime import ModelError, read_info
 
     with pytest.raises(ValueError, match="tensorflow or jax Keras backend, not 'torch'"):
         _gradient("torch")
-    assert keras_model_file("bundled") == keras_model_file(None) == BUNDLED
-    lone = shutil.copy(BUNDLED_ONNX, tmp_path / "lone.onnx")
-    with pytest.raises(ValueError, match="explain needs a .keras model"):
-        keras_model_file(lone)
+    assert keras_runtime("bundled").path == keras_runtime(None).path == BUNDLED
+    lone = shutil.copy(BUNDLED, tmp_path / "lone.onnx")  # any emorec ONNX file is explained without a .keras file
+    assert keras_runtime(lone).info == read_info(BUNDLED)
+    with pytest.raises(ModelError, match="int8 model cannot be rebuilt"):
+        keras_runtime("ferplus-int8")
 
 
 # ----------------------------------------------------------------------------
@@ -197,14 +198,12 @@ def test_explain_out_that_is_a_link_loop_is_one_line(photo_tree, tmp_path, capsy
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["{onnx}", "{photo}"], "explain needs a .keras model"),
+    (["ferplus-int8", "{photo}"], "int8 model cannot be rebuilt"),
     (["{photo}", "--out-inside"], "lies inside the input folder"),
     (["bundled"], "give at least one photo or folder"),
 ])
 def test_explain_usage_problems_are_one_line_before_any_work(argv, message, photo_tree, tmp_path, capsys):
-    from emorec.catalog import BUNDLED_ONNX
-
-    names = {"{onnx}": str(shutil.copy(BUNDLED_ONNX, tmp_path / "lone.onnx")), "{photo}": str(photo_tree)}
+    names = {"{photo}": str(photo_tree)}
     out = str(photo_tree / "out") if "--out-inside" in argv else str(tmp_path / "explained")
     args = [names.get(a, a) for a in argv if a != "--out-inside"]
     assert main(["explain", *args, "--out", out]) == 1

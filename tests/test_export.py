@@ -11,7 +11,7 @@ from emorec.cli import main
 from emorec.data import scan_dataset
 from emorec.images import read_image
 from emorec.export import check_faces, export_onnx, int8_path, quantize_int8
-from emorec.model import ModelInfo, build_model, inference_copy, save_model
+from emorec.model import ModelInfo, build_model, inference_copy, model_from_onnx, predict_probabilities, save_model
 from emorec.preprocess import to_model_input
 from emorec.runtime import ModelError, OnnxModel, load_runtime, probabilities, read_info
 
@@ -44,6 +44,9 @@ def test_export_round_trips_on_real_faces(tmp_path, arch, size, color_mode, clas
     assert onnx_probs.shape == (len(images), max(classes, 2))
     np.testing.assert_allclose(onnx_probs, keras_probs, atol=1e-4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "m.onnx"]  # no temporary files left
+    rebuilt, rebuilt_info = model_from_onnx(result.path)  # and back: the same network in Keras
+    assert rebuilt_info == info and rebuilt.name == f"emorec_{arch}"
+    np.testing.assert_allclose(predict_probabilities(rebuilt, images), keras_probs, atol=1e-4)
 
 
 def test_export_refuses_to_overwrite_and_checks_the_suffix(untrained_model_path, tmp_path):
@@ -129,3 +132,8 @@ def test_an_existing_int8_file_is_refused_before_the_float_file_is_written(untra
     assert main(["export", str(untrained_model_path), "--out", str(out), "--int8", str(val)]) == 1
     assert "m.int8.onnx: already exists" in capsys.readouterr().err
     assert not out.exists() and int8_path(out).read_bytes() == b"the user's file"
+
+
+def test_export_refuses_an_onnx_model(tmp_path, capsys):
+    assert main(["export", "bundled", "--out", str(tmp_path / "m.onnx")]) == 1
+    assert "already an ONNX model" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()

@@ -68,6 +68,23 @@ def test_several_faces_sorted_left_to_right(detector):
     assert [int(centre(f.box)[0] // 280) for f in found] == list(range(len(NAMES)))
 
 
+@needs_data
+@pytest.mark.skipif("yunet" not in DETECTORS, reason="yuface is not installed")
+@pytest.mark.parametrize("name", NAMES)
+def test_a_face_in_a_wide_video_frame_is_found_in_one_look(name, monkeypatch):
+    """A 1280x720 frame whose face is 300 px high (as in benchmarks/inference.py's clip): one pass, the right box."""
+    frame = np.full((720, 1280, 3), 110, np.uint8)
+    frame[210:510, 500:800] = cv2.resize(photo(name), (300, 300))
+    detector = create_detector("yunet")
+    looks = []
+    find = detector._find
+    monkeypatch.setattr(detector, "_find", lambda prepared, frame: looks.append(prepared.shape) or find(prepared, frame))
+    [face] = detector.detect(frame)
+    assert len(looks) == 1 and looks[0][0] >= 288  # the first look was big enough to settle it
+    cx, cy = centre(face.box)
+    assert 500 < cx < 800 and 210 < cy < 510 and 150 < face.box[2] < 300
+
+
 def test_yunet_gives_five_landmarks_inside_the_box():
     if "yunet" not in DETECTORS:
         pytest.skip("yuface is not installed")

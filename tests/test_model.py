@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUNDLED, DEFAULT_CLASSES
+from conftest import BUNDLED, DEFAULT_CLASSES, FER, require
 
 import keras
 
-from emorec.catalog import keras_path
+from emorec.catalog import onnx_path
 from emorec.config import ARCHITECTURES
 from emorec.runtime import ModelError
 from emorec.model import (
@@ -27,6 +27,7 @@ from emorec.model import (
     inference_copy,
     load_model,
     load_weights_from,
+    model_from_onnx,
     predict_probabilities,
     read_info,
     save_model,
@@ -186,11 +187,6 @@ def test_load_weights_from_refuses_another_architecture_or_input(tmp_path, arch,
         load_weights_from(build_model(arch, shape, 2), path, ["a", "b"])
 
 
-def test_bundled_is_the_name_of_the_bundled_model():
-    assert keras_path("bundled") == keras_path(None) == BUNDLED
-    assert keras_path("runs/x.keras").name == "x.keras"
-
-
 def test_save_refuses_to_overwrite(tmp_path):
     model = build_model("seed", (48, 48, 1), 2)
     info = ModelInfo(class_names=["a", "b"])
@@ -340,3 +336,46 @@ def test_a_fifo_named_keras_is_refused_without_waiting(tmp_path):
     os.mkfifo(tmp_path / "m.keras")
     with pytest.raises(ModelError, match="FIFO"):
         read_info(tmp_path / "m.keras")
+
+
+# ----------------------------------------------------------------------------
+# The bundled models rebuilt in Keras from their ONNX files
+# ----------------------------------------------------------------------------
+
+
+def _real_faces(per_class: int = 15) -> np.ndarray:
+    from emorec.data import load_images
+
+    root = require(FER / "val")
+    return load_images([p for d in sorted(root.iterdir()) for p in sorted(d.glob("*.jpg"))[:per_class]], 48, 1, False)
+
+
+@pytest.mark.parametrize("name", ["ferplus", "fer2013"])
+def test_a_bundled_model_rebuilt_from_onnx_gives_the_onnx_probabilities_on_real_faces(name):
+    from emorec.runtime import load_runtime, probabilities
+
+    model, info = load_model(name)
+    images = _real_faces()
+    onnx_probs = probabilities(load_runtime(name), images)
+    np.testing.assert_allclose(predict_probabilities(model, images), onnx_probs, atol=1e-4)
+    assert info.arch == "vgg" and model.name == "emorec_vgg" and len(images) == 105
+    # The folded BatchNormalization layers apply the stored scale and shift, with no statistics of their own.
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(float(np.abs(layer.moving_mean.numpy()).max()) == 0.0 for layer in norms)
+
+
+def test_an_int8_model_is_not_rebuilt(tmp_path):
+    with pytest.raises(ModelError, match="int8 model cannot be rebuilt"):
+        model_from_onnx(onnx_path("ferplus-int8"))
+
+
+def test_fine_tuning_starts_from_the_bundled_weights():
+    model = build_model("vgg", (48, 48, 1), 7)
+    shared = load_weights_from(model, "fer2013", ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"])
+    assert len(shared) == 7
+    reference, _ = load_model("fer2013")
+    for mine, theirs in zip(model.layers, reference.layers, strict=True):
+        # The classifier's bias gets the training class weights back (see load_weights_from); all else is as saved.
+        kept = mine.get_weights()[:1] if mine.name == "emotion" else mine.get_weights()
+        for a, b in zip(kept, theirs.get_weights()):
+            np.testing.assert_array_equal(a, b)

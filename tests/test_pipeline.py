@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from emorec.pipeline import in_background, ordered_map
+from emorec.pipeline import WORKERS, in_background, model_threads, ordered_map
 
 
 def test_ordered_map_keeps_order_and_reports_errors_per_item():
@@ -67,3 +67,9 @@ def test_closing_in_background_stops_its_producer():
     count = len(produced)
     time.sleep(0.3)
     assert len(produced) == count <= 5
+
+
+@pytest.mark.parametrize("cores, threads", [(1, 1), (2, 1), (16, 16 - WORKERS)])
+def test_the_model_gets_the_cores_the_worker_threads_leave(monkeypatch, cores, threads):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert model_threads() == threads

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from conftest import FER, PHOTO_NAMES, PHOTOS, assert_distribution, photo, require
 
-from emorec.catalog import BUNDLED_KERAS
 from emorec.images import ImageReadError, read_image
 from emorec.preprocess import to_model_input
 from emorec.recognizer import WHOLE_IMAGE, Recognizer, to_bgr
-from emorec.runtime import load_runtime
+from emorec.runtime import KerasModel, load_runtime
 
 
 def tinted(image: np.ndarray) -> np.ndarray:
@@ -116,8 +115,10 @@ def test_predict_batch_matches_single_predictions(recognizer):
 
 
 def test_onnx_and_keras_bundled_models_recognize_the_same(tmp_path):
+    from emorec.model import load_model
+
     onnx_faces = Recognizer().predict_batch([photo(n) for n in PHOTO_NAMES])
-    keras_faces = Recognizer(runtime=load_runtime(BUNDLED_KERAS)).predict_batch([photo(n) for n in PHOTO_NAMES])
+    keras_faces = Recognizer(runtime=KerasModel(*load_model("bundled"))).predict_batch([photo(n) for n in PHOTO_NAMES])
     for onnx_face, keras_face in zip(sum(onnx_faces, []), sum(keras_faces, [])):
         assert onnx_face.box == keras_face.box and onnx_face.emotion == keras_face.emotion
         assert onnx_face.confidence == pytest.approx(keras_face.confidence, abs=1e-4)
@@ -138,3 +139,17 @@ def test_unreadable_path_is_an_image_read_error(recognizer, tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(ImageReadError, match="empty.jpg"):
         recognizer.predict(tmp_path / "empty.jpg")
+
+
+def test_folder_and_video_pipelines_load_the_model_with_the_threads_the_workers_leave(monkeypatch):
+    from emorec.config import PredictConfig
+    from emorec.pipeline import model_threads
+    from emorec.predict import predict_images
+
+    built = []
+    monkeypatch.setattr(Recognizer, "from_config", classmethod(lambda cls, cfg, threads=0: built.append(threads) or
+                                                               cls(cfg.model, threads=threads)))
+    predict_images(PredictConfig(sources=[str(require(PHOTOS / PHOTO_NAMES[0]))]), progress=False)
+    assert built == [model_threads()]
+    session = Recognizer(threads=1).runtime.session
+    assert session.get_session_options().intra_op_num_threads == 1

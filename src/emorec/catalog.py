@@ -14,7 +14,6 @@ MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED_NAMES = ("fer2013", "ferplus")  # models shipped in MODELS_DIR; see their model cards there
 DEFAULT_MODEL = "ferplus"  # what "bundled" (and no model at all) means: see the model cards for why
 BUNDLED_ONNX = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.onnx"
-BUNDLED_KERAS = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.keras"
 MODEL_SUFFIXES = (".onnx", ".keras")
 
 
@@ -23,20 +22,13 @@ def onnx_path(model: str | Path | None) -> Path:
 
     A bundled model's name ("fer2013", "ferplus") means its ONNX file and NAME-int8 its
     int8 copy; None and "bundled" mean the default model (DEFAULT_MODEL). Anything
-    else is a path.
+    else is a path. Bundled models ship as ONNX only: training from one and
+    explaining one rebuild it in Keras (emorec.model.model_from_onnx).
     """
     name = bundled_name(model)
     if name is None:
         return Path(model)
     return MODELS_DIR / f"emorec-{name.removesuffix('-int8')}{'.int8' if name.endswith('-int8') else ''}.onnx"
-
-
-def keras_path(model: str | Path | None) -> Path:
-    """The `.keras` file of a model argument for training: a bundled model's name, None/"bundled", or a path."""
-    name = bundled_name(model)
-    if name is None or name.endswith("-int8"):
-        return Path(model)
-    return MODELS_DIR / f"emorec-{name}.keras"
 
 
 def names_a_model(text: str) -> bool:

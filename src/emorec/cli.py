@@ -474,6 +474,8 @@ def _add_evaluate(commands) -> None:
     _add_tta_flag(cmd)
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     cmd.add_argument("--exist-ok", action="store_true", help="replace an existing report")
+    cmd.add_argument("--exclude-copies-of", metavar="TRAIN", default=None,
+                     help="also report the figures on the images without a copy in this folder (the training data)")
     _add_label_flags(cmd)
     cmd.set_defaults(handler=_evaluate)
 
@@ -507,11 +509,13 @@ def _evaluate(args) -> int:
 
     path = onnx_path(args.model)
     read_info(path)  # a missing or foreign file fails before the report folder is made
-    check_output_path(args.out or Path("runs") / "evaluate", [args.data, path], folder=True)
+    inputs = [args.data, path] + ([args.exclude_copies_of] if args.exclude_copies_of else [])
+    check_output_path(args.out or Path("runs") / "evaluate", inputs, folder=True)
     made = None if args.out else new_run_dir(Path("runs") / "evaluate", path.stem)
     out = args.out or made
     try:
-        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok, label_spec=_label_spec(args))
+        report = evaluate(path, args.data, out_dir=out, tta=args.tta, overwrite=args.exist_ok, label_spec=_label_spec(args),
+                          exclude_copies_of=args.exclude_copies_of)
     except BaseException:
         if made is not None:  # a failed evaluation leaves no empty report folder
             shutil.rmtree(made, ignore_errors=True)
@@ -529,7 +533,7 @@ def _evaluate(args) -> int:
 
 def _add_export(commands) -> None:
     cmd = commands.add_parser("export", help="convert a .keras model to ONNX for the light runtime (checked against Keras)")
-    cmd.add_argument("model", help=".keras file written by emorec train, or a bundled model: fer2013, ferplus, \"bundled\"")
+    cmd.add_argument("model", help=".keras file written by emorec train")
     cmd.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default onnx)")
     cmd.add_argument("--out", help="output file (default: the model's path with .onnx)")
     cmd.add_argument("--int8", metavar="VAL", help="also write NAME.int8.onnx, kept only if its accuracy on the "
@@ -542,7 +546,7 @@ def _add_export(commands) -> None:
 def _export(args) -> int:
     from emorec.export import export_onnx, int8_path, load_int8_data, onnx_target, quantize_int8
     from emorec.files import check_targets
-    from emorec.catalog import keras_path
+    from emorec.catalog import onnx_path
     from emorec.runtime import read_info
 
     if args.calibration and not args.int8:
@@ -550,7 +554,7 @@ def _export(args) -> int:
     int8_data = None
     if args.int8:  # checked before anything is written
         check_targets([int8_path(onnx_target(args.model, args.out))], args.exist_ok)
-        int8_data = load_int8_data(args.int8, read_info(keras_path(args.model)), args.calibration)
+        int8_data = load_int8_data(args.int8, read_info(onnx_path(args.model)), args.calibration)
     result = export_onnx(args.model, args.out, overwrite=args.exist_ok)
     say(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB); on {result.check_images} check images "
           f"the largest probability difference from Keras is {result.max_difference:.1e}")

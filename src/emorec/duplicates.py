@@ -62,6 +62,7 @@ from emorec.data import InvalidFile, ScanReport, scan_dataset
 from emorec.errors import UsageError
 from emorec.files import file_identity, resolved_output
 from emorec.faces import FACE_CROP_SIDE, create_detector, is_face_crop
+from emorec.images import read_image
 from emorec.preprocess import to_model_input
 
 THUMB_SIDE = 32  # images are compared as 32x32 grey thumbnails
@@ -213,7 +214,7 @@ class _Reader:
         self._detector = None
 
     def __call__(self, path: Path, image: np.ndarray) -> None:
-        self.thumbs[path] = to_model_input(image, THUMB_SIDE, 1)[..., 0]
+        self.thumbs[path] = thumbnail(image)
         if not is_face_crop(image):
             self.face_checked += 1
             if not self._detect(image):
@@ -250,6 +251,40 @@ def find_duplicates(data: str | Path, against: Sequence[str | Path] = (), progre
     return DuplicateReport(scans=scans, groups=groups, blank=[e for e, b in zip(entries, blank) if b],
                            no_face=[e for e in entries if e.path in reader.no_face],
                            face_checked=reader.face_checked, seconds=time.perf_counter() - start)
+
+
+def copies_in(data_paths: Sequence[str | Path], other: str | Path, progress: bool = False) -> np.ndarray:
+    """True for each image of data_paths that has a copy among the images of the class-folder tree `other`.
+
+    A copy is what `find_duplicates` groups: direct matches, or matches
+    through a chain of copies (A~B~C). Blank images have no copies. The data
+    files must be readable images (as `scan_dataset` leaves them); `other`
+    is scanned, and its unreadable files are skipped. Raises DatasetError
+    when `other` is missing or holds no class folders.
+    """
+    inside = _thumbnails(data_paths)
+    outside: list[np.ndarray] = []
+    scan_dataset(other, progress, on_image=lambda _, image: outside.append(thumbnail(image)))
+    thumbs = np.concatenate([inside, np.array(outside, np.uint8).reshape(-1, THUMB_SIDE, THUMB_SIDE)])
+    compared = np.flatnonzero(thumbs.reshape(len(thumbs), -1).std(axis=1) >= BLANK_STD)
+    found = np.zeros(len(inside), bool)
+    for group in group_pairs(matching_pairs(thumbs[compared], progress), len(compared)):
+        members = compared[group]
+        if (members >= len(inside)).any():
+            found[members[members < len(inside)]] = True
+    return found
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """The (THUMB_SIDE, THUMB_SIDE) grey thumbnail images are compared by."""
+    return to_model_input(image, THUMB_SIDE, 1)[..., 0]
+
+
+def _thumbnails(paths: Sequence[str | Path]) -> np.ndarray:
+    thumbs = np.zeros((len(paths), THUMB_SIDE, THUMB_SIDE), np.uint8)
+    for i, path in enumerate(paths):
+        thumbs[i] = thumbnail(read_image(path))
+    return thumbs
 
 
 def _check_distinct(folders: list[Path]) -> None:

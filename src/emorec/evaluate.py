@@ -36,6 +36,9 @@ class EvalReport:
     labels: str = "folders"  # where the true labels came from: the folder names, or a label file (its majority)
     no_majority: int = 0  # labelled images left out of the figures above for want of a majority
     vote_cross_entropy: float | None = None  # mean cross-entropy of the predictions against the vote distributions
+    copies_of: str | None = None  # a folder (the training data) whose copies `clean` leaves out
+    copies: int = 0  # evaluated images with a copy in copies_of
+    clean: EvalReport | None = None  # the same figures on the images without a copy in copies_of
 
     def to_dict(self) -> dict:
         """Plain dict, ready for JSON."""
@@ -55,6 +58,9 @@ class EvalReport:
                          (f" ({self.no_majority} image(s) without one left out)" if self.no_majority else ""))
         if self.vote_cross_entropy is not None:
             lines.append(f"cross-entropy against the vote distributions {self.vote_cross_entropy:.4f}")
+        if self.clean is not None:
+            lines.append(f"without copies in {self.copies_of}: accuracy {self.clean.accuracy:.4f}   macro-F1 "
+                         f"{self.clean.macro_f1:.4f}   images {self.clean.images} ({self.copies} with a copy left out)")
         return "\n".join(lines)
 
 
@@ -97,6 +103,13 @@ def load_eval_data(source: str | Path, class_names: list[str], image_size: int, 
     Raises DatasetError when a folder class is unknown to the model, or when a pack has only a training split
     (scoring the data a model was trained on would report a figure that means nothing).
     """
+    images, labels, _ = _load_eval_files(source, class_names, image_size, channels, progress)
+    return images, labels
+
+
+def _load_eval_files(source: str | Path, class_names: list[str], image_size: int, channels: int, progress: bool):
+    """load_eval_data, and the file of each image (None for a pack, whose images have no files)."""
+    paths = None
     if data_lib.is_pack(source):
         splits = data_lib.pack_splits(source)
         held_out = [split for split in ("test", "val") if split in splits]
@@ -108,15 +121,16 @@ def load_eval_data(source: str | Path, class_names: list[str], image_size: int, 
         report = data_lib.scan_dataset(source, progress=progress)
         data_lib.warn_invalid(report)
         arrays = data_lib.load_arrays(report, image_size, channels, progress=progress)
+        paths = report.valid_paths  # the order load_arrays reads them in
     unknown = sorted(set(arrays.class_names) - set(class_names))
     if unknown:
         raise data_lib.DatasetError(f"{source}: classes {unknown} are not among the model's {class_names}")
     remap = np.array([class_names.index(name) for name in arrays.class_names])
-    return arrays.images, remap[arrays.labels] if len(arrays) else arrays.labels
+    return arrays.images, remap[arrays.labels] if len(arrays) else arrays.labels, paths
 
 
 def evaluate_model(runtime: Runtime, source: str | Path, tta: bool | str = False, progress: bool = True,
-                   label_spec: LabelSpec | None = None) -> EvalReport:
+                   label_spec: LabelSpec | None = None, exclude_copies_of: str | Path | None = None) -> EvalReport:
     """Evaluate a loaded model (see emorec.runtime.load_runtime) on a class-folder tree or pack.
 
     Every image is classified whole, as `predict` classifies a face crop
@@ -126,15 +140,42 @@ def evaluate_model(runtime: Runtime, source: str | Path, tta: bool | str = False
     (images without one are left out and counted), classes are matched by name (a
     label class the model lacks counts as an error), and vote rows also give the
     cross-entropy of the predictions against the vote distributions.
+    With exclude_copies_of (a class-folder tree: the training data), the report's
+    `clean` part repeats the figures on the images without a copy there
+    (emorec.duplicates.copies_in); source must then be a folder.
     """
     info = runtime.info
+    if exclude_copies_of is not None:
+        _check_copies_source(source, exclude_copies_of)
     if label_spec is not None:
-        return _evaluate_on_label_file(runtime, source, tta, progress, label_spec)
-    images, truth = load_eval_data(source, info.class_names, info.image_size, info.channels, progress)
+        return _evaluate_on_label_file(runtime, source, tta, progress, label_spec, exclude_copies_of)
+    images, truth, paths = _load_eval_files(source, info.class_names, info.image_size, info.channels, progress)
     if len(truth) == 0:
         raise data_lib.DatasetError(f"{source}: no valid images to evaluate on")
-    probs = _predict(runtime, images, tta, progress)
-    return compute_metrics(truth, probs.argmax(axis=1), info.class_names, tta_mode(tta))
+    predicted = _predict(runtime, images, tta, progress).argmax(axis=1)
+    result = compute_metrics(truth, predicted, info.class_names, tta_mode(tta))
+    if exclude_copies_of is not None:
+        _add_clean(result, truth, predicted, paths, exclude_copies_of, progress)
+    return result
+
+
+def _check_copies_source(source: str | Path, other: str | Path) -> None:
+    """DatasetError before any work when copies cannot be looked for: a pack to evaluate, or no such folder."""
+    if data_lib.is_pack(source):
+        raise data_lib.DatasetError(f"{source}: copies are looked for among files: evaluate class folders, not a pack")
+    if not Path(other).is_dir():
+        raise data_lib.DatasetError(f"{other}: no such folder (the images whose copies are left out)")
+
+
+def _add_clean(report: EvalReport, truth: np.ndarray, predicted: np.ndarray, paths: list[Path], other: str | Path,
+               progress: bool) -> None:
+    """Set report.clean: the figures on the images without a copy in other."""
+    from emorec.duplicates import copies_in
+
+    copies = copies_in(paths, other, progress)
+    report.copies_of, report.copies = str(other), int(copies.sum())
+    report.clean = compute_metrics(truth[~copies], predicted[~copies], report.class_names, report.tta)
+    report.clean.labels, report.clean.no_majority = report.labels, report.no_majority
 
 
 def _predict(runtime: Runtime, images: np.ndarray, tta: bool | str, progress: bool) -> np.ndarray:
@@ -149,7 +190,7 @@ def _predict(runtime: Runtime, images: np.ndarray, tta: bool | str, progress: bo
 
 
 def _evaluate_on_label_file(runtime: Runtime, source: str | Path, tta: bool | str, progress: bool,
-                            spec: LabelSpec) -> EvalReport:
+                            spec: LabelSpec, exclude_copies_of: str | Path | None) -> EvalReport:
     info = runtime.info
     table = read_label_file(spec)  # a bad label file fails before the folder is read
     report = data_lib.scan_dataset(source, progress=progress)
@@ -162,10 +203,14 @@ def _evaluate_on_label_file(runtime: Runtime, source: str | Path, tta: bool | st
     images = data_lib.load_images(labelled.paths, info.image_size, info.channels, progress)
     probs = _predict(runtime, images, tta, progress)
     sure = labelled.majority >= 0
-    result = compute_metrics(where[labelled.majority[sure]], probs[sure].argmax(axis=1), names, tta_mode(tta))
+    truth, predicted = where[labelled.majority[sure]], probs[sure].argmax(axis=1)
+    result = compute_metrics(truth, predicted, names, tta_mode(tta))
     result.labels, result.no_majority = str(spec.file), int((~sure).sum())
     if table.layout == "votes":
         result.vote_cross_entropy = _vote_cross_entropy(labelled.distribution, where, probs)
+    if exclude_copies_of is not None:
+        paths = [path for path, kept in zip(labelled.paths, sure) if kept]
+        _add_clean(result, truth, predicted, paths, exclude_copies_of, progress)
     return result
 
 
@@ -184,9 +229,14 @@ def _vote_cross_entropy(distribution: np.ndarray, where: np.ndarray, probs: np.n
 
 
 def evaluate(model: str | Path | None, source: str | Path, out_dir: str | Path | None = None, tta: bool | str = False,
-             progress: bool = True, overwrite: bool = False, label_spec: LabelSpec | None = None) -> EvalReport:
-    """Load a saved model (.onnx or .keras; None: the bundled one), evaluate it on source and, if out_dir is set, write the report and plots there."""
-    report = evaluate_model(load_runtime(model), source, tta=tta, progress=progress, label_spec=label_spec)
+             progress: bool = True, overwrite: bool = False, label_spec: LabelSpec | None = None,
+             exclude_copies_of: str | Path | None = None) -> EvalReport:
+    """Load a saved model (.onnx or .keras; None: the bundled one), evaluate it on source and, if out_dir is set, write the report and plots there.
+
+    exclude_copies_of: also report the figures without the images that have a copy in that folder (see evaluate_model).
+    """
+    report = evaluate_model(load_runtime(model), source, tta=tta, progress=progress, label_spec=label_spec,
+                            exclude_copies_of=exclude_copies_of)
     if out_dir is not None:
         write_report(report, out_dir, overwrite=overwrite)
     return report

@@ -1,6 +1,6 @@
 """The explain stage: Grad-CAM heat maps of the part of each face that drove the model's prediction.
 
-    >>> explainer = Explainer()                   # the bundled model (its .keras file), automatic detector
+    >>> explainer = Explainer()                   # the bundled model (rebuilt in Keras), automatic detector
     >>> for face in explainer.explain("photo.jpg"):
     ...     face.emotion, face.heatmaps           # {"happy": (48, 48) map in [0, 1], runner-up: ...}
 
@@ -16,8 +16,10 @@ confident prediction saturates near 1 and its gradient nearly vanishes.
 `run_explain(cfg)` is what `emorec explain` calls: one PNG per photo (a row
 per face: the crop, the top class's map, the runner-up's map), written
 atomically under cfg.out with the sub-folders of folder sources. Gradients
-need Keras (the `train` extra) and a `.keras` model; they are taken with the
-TensorFlow or the JAX backend.
+need Keras (the `train` extra): a `.keras` model is loaded as it is, an
+`.onnx` one (the bundled models) is rebuilt in Keras from its weights
+(emorec.model.model_from_onnx); gradients are taken with the TensorFlow or
+the JAX backend.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from emorec.files import check_output_path, check_targets, save_figure
 from emorec.predict import error_line, expand_sources
 from emorec.recognizer import Prepared, Recognizer, to_bgr
 from emorec.results import FaceResult
-from emorec.runtime import ModelError
+from emorec.runtime import KerasModel, ModelError
 from emorec.video import is_video
 
 EXPLAINED = 2  # heat maps per face: the top class and the runner-up
@@ -74,15 +76,14 @@ class ExplainResult:
 # ----------------------------------------------------------------------------
 
 
-def keras_model_file(model: str | Path | None) -> Path:
-    """The `.keras` file of a model argument: an `.onnx` model is explained through its `.keras` sibling."""
+def keras_runtime(model: str | Path | None) -> KerasModel:
+    """A model argument loaded into Keras for gradients: a `.keras` file as saved, an `.onnx` file (a bundled
+    model's name too) rebuilt from its weights by emorec.model.model_from_onnx."""
+    from emorec.model import load_model
+
     path = onnx_path(model)
-    if path.suffix != ".onnx":
-        return path
-    sibling = path.with_suffix(".keras")
-    if not sibling.is_file():
-        raise ModelError(f"{path}: explain needs a .keras model (gradients), and there is no {sibling.name} beside it")
-    return sibling
+    network, info = load_model(path)
+    return KerasModel(network, info, path)
 
 
 def last_conv_layer(model):
@@ -199,14 +200,14 @@ def _to_unit_maps(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class Explainer:
     """Find the faces in photos, classify them and explain the top class and the runner-up with Grad-CAM.
 
-    model: a `.keras` file, an `.onnx` file with a `.keras` file of the same
-    name beside it, or None/"bundled" for the bundled model. detector and
+    model: a `.keras` or `.onnx` file saved by emorec (see keras_runtime),
+    or a bundled model's name (None/"bundled": the default one). detector and
     detect work as in `Recognizer` (detect=False: every input is one face crop).
     """
 
     def __init__(self, model: str | Path | None = None, detector: str = "auto", detect: bool = True):
         require("keras", PURPOSE)
-        self.recognizer = Recognizer(keras_model_file(model), detector=detector, detect=detect)
+        self.recognizer = Recognizer(runtime=keras_runtime(model), detector=detector, detect=detect)
         self.grad_cam = GradCam(self.recognizer.runtime.model)
 
     @classmethod

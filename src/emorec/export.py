@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from emorec import __version__
-from emorec.catalog import keras_path
+from emorec.catalog import onnx_path
+from emorec.errors import UsageError
 from emorec.files import OutputPathError
 from emorec.runtime import METADATA_KEY, ModelError, ModelInfo, OnnxModel, probabilities
 
@@ -41,7 +42,7 @@ class ExportResult:
 
 def export_onnx(model: str | Path | None, out: str | Path | None = None, overwrite: bool = False,
                 tolerance: float = TOLERANCE) -> ExportResult:
-    """Export a saved `.keras` model (None/"bundled": the bundled one) to ONNX at out (default: beside it, .onnx).
+    """Export a saved `.keras` model to ONNX at out (default: beside it, .onnx).
 
     Raises FileExistsError if out exists and overwrite is False, and
     ModelError (writing nothing) when the exported file's probabilities
@@ -49,10 +50,13 @@ def export_onnx(model: str | Path | None, out: str | Path | None = None, overwri
     """
     from emorec.model import load_model
 
+    source = onnx_path(model)
+    if source.suffix == ".onnx":
+        raise UsageError(f"{source}: already an ONNX model; export converts .keras files")
     out = onnx_target(model, out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (use --exist-ok to replace it)")
-    keras_model, info = load_model(keras_path(model))
+    keras_model, info = load_model(source)
     images = check_faces(info)
     expected = keras_probabilities(keras_model, info, images)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,7 @@ def export_onnx(model: str | Path | None, out: str | Path | None = None, overwri
 
 def onnx_target(model: str | Path | None, out: str | Path | None = None) -> Path:
     """Where export_onnx writes: out, or the `.keras` file's path with .onnx; OutputPathError for another suffix."""
-    out = Path(out) if out is not None else keras_path(model).with_suffix(".onnx")
+    out = Path(out) if out is not None else onnx_path(model).with_suffix(".onnx")
     if out.suffix != ".onnx":
         raise OutputPathError(f"{out}: ONNX files must end in .onnx")
     return out

@@ -45,15 +45,18 @@ DETECTORS: tuple[str, ...] = ("haar", "yunet") if yuface is not None else ("haar
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
 # Before detection, small images are enlarged so the short side is at least
-# MIN_SIDE px, and a black border of PAD_FRACTION * long side is added on every
+# MIN_SIDE px, and a black border of PAD_FRACTION * short side is added on every
 # side: many photos are tight face crops, and both detectors miss faces that
 # touch the frame. Haar finds 36/56 photo faces without this, 50/56 with it;
-# yunet 55/56 without, 56/56 with.
+# yunet 55/56 without, 56/56 with. A face is at most as large as the short
+# side, so that border is enough; one of PAD_FRACTION * long side made a
+# 1280x720 frame 1920x1360, mostly black, and shrank its faces below
+# COARSE_MIN_FACE in the coarse look, so every frame was searched twice.
 MIN_SIDE = 160
 PAD_FRACTION = 0.25
-# Detectors look first at a copy whose padded side fits COARSE_SIDE px and keep
-# what they found there when every face is at least COARSE_MIN_FACE px in it
-# (see _coarse_then_fine).
+# Detectors look first at a copy whose padded short side fits COARSE_SIDE px
+# (the long side too for square images) and keep what they found there when
+# every face is at least COARSE_MIN_FACE px in it (see _coarse_then_fine).
 COARSE_SIDE = 288
 COARSE_MIN_FACE = 48
 
@@ -101,7 +104,7 @@ class _Frame:
 def _scale(height: int, width: int, max_side: int) -> float:
     """Enlarge so the short side reaches MIN_SIDE, shrink so the padded image fits max_side."""
     scale = max(1.0, MIN_SIDE / min(height, width))
-    return min(scale, max_side / (max(height, width) * (1 + 2 * PAD_FRACTION)))
+    return min(scale, max_side / (max(height, width) + 2 * PAD_FRACTION * min(height, width)))
 
 
 def _prepare(image: np.ndarray, max_side: int) -> tuple[np.ndarray, _Frame]:
@@ -111,7 +114,7 @@ def _prepare(image: np.ndarray, max_side: int) -> tuple[np.ndarray, _Frame]:
     if scale != 1.0:
         method = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
         image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=method)
-    pad = round(PAD_FRACTION * max(image.shape[:2]))
+    pad = round(PAD_FRACTION * min(image.shape[:2]))
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
     return padded, _Frame(scale, pad)
 
@@ -122,10 +125,14 @@ def _coarse_then_fine(image: np.ndarray, max_side: int, find) -> list[Face]:
     The coarse look costs a fraction of the fine one on photos. Its faces are
     kept when every one of them is at least COARSE_MIN_FACE px there, big
     enough for a box as good as the fine one; with no face, or a small one,
-    the fine look decides.
+    the fine look decides. Its size follows the image's shape, so that a face
+    a quarter of the short side settles it in wide frames as in square
+    photos: a 1280x720 frame is first seen at 437x288 rather than 288x190,
+    where its faces came out too small and every frame took both looks.
     """
     height, width = image.shape[:2]
-    coarse_side = min(max_side, COARSE_SIDE)
+    short, long = min(height, width), max(height, width)
+    coarse_side = min(max_side, round(COARSE_SIDE * (long + 2 * PAD_FRACTION * short) / (short * (1 + 2 * PAD_FRACTION))))
     prepared, frame = _prepare(image, coarse_side)
     faces = find(prepared, frame)
     if _scale(height, width, max_side) <= frame.scale:  # the image is no larger at full resolution

@@ -20,10 +20,10 @@ import numpy as np
 import keras
 from keras import layers
 
-from emorec.catalog import keras_path
 from emorec.files import atomic_path
-from emorec.runtime import (METADATA_KEY, KerasModel, ModelError, ModelInfo, probabilities,  # noqa: F401
-                            read_info, tta_views)
+from emorec.catalog import onnx_path
+from emorec.runtime import (METADATA_KEY, KerasModel, ModelError, ModelInfo, OnnxModel,  # noqa: F401
+                            probabilities, read_info, tta_views)
 
 
 # ----------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def load_weights_from(model: keras.Model, path: str | Path, class_names: list[st
     fresh initialisation. Class weights undone in the saved model are put back, so
     training goes on from where it stopped. Returns the classes whose weights were copied.
     """
-    path = keras_path(path)
+    path = onnx_path(path)
     info = read_info(path)
     arch, shape = model.name.removeprefix("emorec_"), tuple(model.input_shape[1:])
     if (info.arch, info.input_shape) != (arch, shape):
@@ -394,6 +394,117 @@ def save_model(model: keras.Model, path: str | Path, info: ModelInfo, overwrite:
 
 
 def load_model(path: str | Path | None = None) -> tuple[keras.Model, ModelInfo]:
-    """Load a saved `.keras` model and its metadata; None or "bundled" loads the bundled model."""
-    runtime = KerasModel.load(keras_path(path))
+    """Load a saved model into Keras with its metadata: a `.keras` file, or an `.onnx` file rebuilt by
+    `model_from_onnx`; a bundled model's name (None, "bundled": the default one) means its ONNX file."""
+    path = onnx_path(path)
+    if path.suffix == ".onnx":
+        return model_from_onnx(path)
+    runtime = KerasModel.load(path)
     return runtime.model, runtime.info
+
+
+# The bundled models ship as ONNX only (the base install runs no Keras), so training from them and
+# explaining them rebuild the Keras network from the ONNX file.
+_QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger"}
+
+
+def model_from_onnx(path: str | Path) -> tuple[keras.Model, ModelInfo]:
+    """The Keras network an emorec ONNX file was exported from, rebuilt, and the file's metadata.
+
+    The network comes from `build_model` with the metadata's arch, input
+    shape and classes; the weights from the file's initializers, layer by
+    layer in graph order. The exporter folds each BatchNormalization into
+    the bias-free convolution before it (and into a scale and shift after a
+    Dense layer); those come back as BatchNormalization layers that apply
+    exactly that scale and shift (mean 0, variance 1 - epsilon). So the
+    rebuilt model computes the same function at inference, and fine-tuning
+    starts from it; in training mode BatchNormalization normalises with batch
+    statistics, so the first steps re-learn each channel's scale. Raises
+    ModelError for an int8 file, an architecture whose layers do not line up
+    with the graph, or a rebuilt model whose probabilities differ from ONNX
+    Runtime's by more than 1e-4 on face-like images.
+    """
+    from emorec.export import TOLERANCE, check_faces
+    from emorec.extras import require
+
+    require("onnx", "training from or explaining an ONNX model")
+    import onnx
+    from onnx import numpy_helper
+
+    onnx_model = OnnxModel(path)
+    info, path = onnx_model.info, onnx_model.path
+    graph = onnx.load(str(path)).graph
+    if any(node.op_type in _QUANTIZED_OPS for node in graph.node):
+        raise ModelError(f"{path}: an int8 model cannot be rebuilt in Keras; use the float32 model it was made from")
+    values = {item.name: numpy_helper.to_array(item) for item in graph.initializer}
+    model = build_model(info.arch, info.input_shape, len(info.class_names))
+    try:
+        _set_onnx_weights(model, _onnx_layers(graph.node, values))
+    except (StopIteration, ValueError, KeyError, IndexError, TypeError) as error:
+        raise ModelError(f"{path}: its graph does not line up with a {info.arch} network ({error or 'too few layers'})") from None
+    images = check_faces(info)
+    difference = float(np.abs(predict_probabilities(model, images) - probabilities(onnx_model, images)).max())
+    if difference > TOLERANCE:
+        raise ModelError(f"{path}: the {info.arch} network rebuilt in Keras differs from the ONNX file by {difference:.2g}")
+    return model, info
+
+
+def _onnx_layers(nodes, values: dict[str, np.ndarray]) -> dict[str, list]:
+    """Weights by kind, in graph order: "conv" (kernel OIHW, bias) and "dense" (kernel, its Mul / Add chain)."""
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, list] = {"conv": [], "dense": []}
+    for node in nodes:
+        if node.op_type == "Conv":  # its bias is an input, a constant Add after it, or left out when all zero
+            kernel = values[node.input[1]]
+            bias = values[node.input[2]] if len(node.input) > 2 else dict(_affine_after(node, consumers, values)).get(
+                "Add", np.zeros(kernel.shape[0], kernel.dtype))
+            found["conv"].append((kernel, bias))
+        elif node.op_type == "MatMul" and node.input[1] in values:
+            found["dense"].append((values[node.input[1]], _affine_after(node, consumers, values)))
+    return found
+
+
+def _affine_after(node, consumers: dict[str, list], values: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """The chain of Mul / Add nodes with a constant operand that follows node: ("Mul", scale), ("Add", shift)."""
+    chain = []
+    following = consumers.get(node.output[0], [])
+    while len(following) == 1 and following[0].op_type in ("Mul", "Add"):
+        step = following[0]
+        constant = [values[name] for name in step.input if name in values]
+        if len(constant) != 1:
+            break
+        chain.append((step.op_type, constant[0].reshape(-1)))
+        following = consumers.get(step.output[0], [])
+    return chain
+
+
+def _set_onnx_weights(model: keras.Model, found: dict[str, list]) -> None:
+    """Copy the weights of _onnx_layers into model's Conv2D, Dense and BatchNormalization layers.
+
+    Layers take the graph's convolutions (and dense kernels) in order among those of their shape: a
+    residual block's shortcut may come first in the graph, its other convolutions keep their order.
+    """
+    convs, denses = list(found["conv"]), iter(found["dense"])
+    folded = {}  # layer name -> (scale, shift) of the BatchNormalization folded into it
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            shape = tuple(layer.kernel.shape)
+            index = next(i for i, (kernel, _) in enumerate(convs) if kernel.transpose(2, 3, 1, 0).shape == shape)
+            kernel, bias = convs.pop(index)
+            kernel = kernel.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+            layer.set_weights([kernel, bias] if layer.use_bias else [kernel])
+            folded[layer.name] = (np.ones_like(bias), bias)
+        elif isinstance(layer, layers.Dense):
+            kernel, chain = next(denses)
+            units = kernel.shape[1]
+            ops = {"Mul": np.ones(units, kernel.dtype), "Add": np.zeros(units, kernel.dtype), **dict(chain)}  # ones, zeros: left out
+            layer.set_weights([kernel, ops["Add"]] if layer.use_bias else [kernel])
+            folded[layer.name] = (ops["Mul"], ops["Add"])
+        elif isinstance(layer, layers.BatchNormalization):
+            scale, shift = folded[layer.input._keras_history.operation.name]  # the layer it normalises
+            layer.set_weights([scale, shift, np.zeros_like(scale), np.full_like(scale, 1 - layer.epsilon)])
+    if convs or next(denses, None) is not None:
+        raise ValueError("the graph has more layers than the network")

@@ -25,7 +25,7 @@ from emorec.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from emorec.draw import annotate, save_annotated
 from emorec.files import check_targets
 from emorec.output import format_results, results_to_json, write_csv
-from emorec.pipeline import ordered_map
+from emorec.pipeline import model_threads, ordered_map
 from emorec.recognizer import WHOLE_IMAGE, Prepared, Recognizer, to_bgr
 from emorec.report import photos_report, report_path, video_report, write_report
 from emorec.results import FaceResult, ImageResult, VideoSummary
@@ -96,7 +96,7 @@ def predict_images(cfg: PredictConfig, progress: bool = True, recognizer: Recogn
     out_dir = Path(cfg.save_annotated) if cfg.save_annotated else None
     if out_dir is not None:
         check_targets([out_dir / name for _, name in pairs], cfg.exist_ok, inputs=[path for path, _ in pairs])
-    recognizer = recognizer or Recognizer.from_config(cfg)
+    recognizer = recognizer or Recognizer.from_config(cfg, threads=model_threads())
 
     def read_and_prepare(position: int):
         image, prepared = read_photo(recognizer, pairs[position][0])
@@ -170,7 +170,7 @@ def run_predict(cfg: PredictConfig, progress: bool = True, recognizer: Recognize
     results, images, videos = plan_sources(cfg.sources)
     if cfg.report:
         check_targets(report_targets(cfg.report, images, videos), cfg.exist_ok)
-    recognizer = recognizer or Recognizer.from_config(cfg)
+    recognizer = recognizer or Recognizer.from_config(cfg, threads=model_threads())
     if images:
         image_cfg = PredictConfig(**{**cfg.__dict__, "sources": images})
         photos = predict_images(image_cfg, progress, recognizer)

@@ -52,6 +52,8 @@ class Recognizer:
     detect: False classifies every input as one already-cropped face.
     tta: test-time augmentation: False/"none", True/"flip" (mirror) or "multi" (12 views).
     runtime: an already loaded model (see emorec.runtime.load_runtime), instead of model.
+    threads: ONNX Runtime threads (0: one per core); pipelines that locate faces in
+        worker threads meanwhile take fewer (emorec.pipeline.model_threads).
 
     The whole image is classified as one face when detect is False, and
     also when it is a face crop by `faces.is_face_crop` (short side under
@@ -63,17 +65,17 @@ class Recognizer:
     """
 
     def __init__(self, model: str | Path | None = None, detector: str = "auto", detect: bool = True,
-                 tta: bool | str = False, runtime: Runtime | None = None):
-        self.runtime = runtime if runtime is not None else load_runtime(model)
+                 tta: bool | str = False, runtime: Runtime | None = None, threads: int = 0):
+        self.runtime = runtime if runtime is not None else load_runtime(model, threads)
         self.info = self.runtime.info
         self.tta = tta
         self.detect = detect
         self.detector = create_detector(detector) if detect else None
 
     @classmethod
-    def from_config(cls, cfg: PredictConfig) -> "Recognizer":
-        """A Recognizer with the model, detector and options of a PredictConfig."""
-        return cls(cfg.model, detector=cfg.detector, detect=cfg.detect, tta=cfg.tta)
+    def from_config(cls, cfg: PredictConfig, threads: int = 0) -> "Recognizer":
+        """A Recognizer with the model, detector and options of a PredictConfig (threads: see the class)."""
+        return cls(cfg.model, detector=cfg.detector, detect=cfg.detect, tta=cfg.tta, threads=threads)
 
     def with_options(self, tta: bool | str | None = None, detect: bool | None = None) -> "Recognizer":
         """A Recognizer sharing this one's model and detector, with other TTA or detection settings."""

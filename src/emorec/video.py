@@ -28,7 +28,7 @@ import numpy as np
 from emorec.config import PredictConfig
 from emorec.draw import annotate
 from emorec.files import InputFileError, atomic_path, check_targets, output_trailer, stat_regular
-from emorec.pipeline import in_background, ordered_map
+from emorec.pipeline import in_background, model_threads, ordered_map
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, Track, VideoAnalysis, VideoSummary, csv_cells, rows
 from emorec.tracking import FaceTracker, face_descriptors
@@ -113,7 +113,7 @@ def _analyze(source, cfg: PredictConfig, csv_path, annotated_path, recognizer: R
              keep_rows: bool) -> VideoAnalysis:
     targets = [Path(path) for path in (csv_path, annotated_path) if path is not None]
     check_targets(targets, cfg.exist_ok, inputs=[source] if webcam_index(source) is None else [])
-    recognizer = recognizer or Recognizer.from_config(cfg)
+    recognizer = recognizer or Recognizer.from_config(cfg, threads=model_threads())
     capture = open_capture(source)
     summary = VideoSummary(str(source), fps=capture_fps(capture), csv_path=None if csv_path is None else str(csv_path))
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if webcam_index(source) is None else 0
