@@ -12,6 +12,7 @@ import keras
 
 from emorec import distill
 from emorec.cli import main
+from emorec.errors import UsageError
 from emorec.images import read_image
 from emorec.preprocess import to_model_input
 from emorec.runtime import load_runtime, probabilities
@@ -72,7 +73,7 @@ def test_teacher_probabilities_are_the_bundled_models_flip_tta_probabilities():
 
 def test_teacher_of_another_input_size_is_refused():
     faces = np.zeros((2, 40, 40, 1), np.uint8)
-    with pytest.raises(ValueError, match="teacher ferplus: takes"):
+    with pytest.raises(UsageError, match="teacher ferplus: takes"):
         distill.teacher_probabilities("ferplus", faces, ["happy", "sad"])
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from emorec.files import atomic_path
 from emorec.catalog import onnx_path
+from emorec.errors import UsageError
 from emorec.runtime import load_runtime, probabilities, read_info
 
 TEACHER_TTA = "flip"
@@ -50,10 +51,10 @@ def teacher_probabilities(spec: str, images: np.ndarray, class_names: list[str],
         runtime = load_runtime(name)
         info = runtime.info
         if tuple(info.input_shape) != tuple(images.shape[1:]):
-            raise ValueError(f"teacher {name}: takes {info.input_shape} images, the student {images.shape[1:]}; "
+            raise UsageError(f"teacher {name}: takes {info.input_shape} images, the student {images.shape[1:]}; "
                              "train the student at the teacher's --image-size and --color-mode")
         if not set(info.class_names) & set(class_names):
-            raise ValueError(f"teacher {name}: shares no class with the training data ({', '.join(class_names)})")
+            raise UsageError(f"teacher {name}: shares no class with the training data ({', '.join(class_names)})")
         if progress:
             progress(f"teacher {name}: classifying {len(images)} training images with {TEACHER_TTA} TTA")
         probs = probabilities(runtime, images, TEACHER_TTA)

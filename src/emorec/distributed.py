@@ -446,7 +446,7 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
 
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows are matched to inputs
         if remote and cfg.cpus > cpus:
-            raise ValueError(f"--cpus {cfg.cpus} is more than the {cpus} CPUs of the Ray cluster")
+            raise UsageError(f"--cpus {cfg.cpus} is more than the {cpus} CPUs of the Ray cluster")
         actors = cfg.actors or default_actors(cpus)
         if actors * ACTOR_CPUS + 1 > cpus:  # else no CPU is left for decoding, and the job waits forever
             raise UsageError(f"--actors {actors} leaves no CPU for decoding on a Ray with {cpus} CPUs; "
@@ -465,12 +465,12 @@ def run_predict_ray(cfg: PredictConfig, progress: bool = True, parquet: str | Pa
 
 
 def _check_local_size(cfg: PredictConfig, machine: int) -> None:
-    """ValueError unless --cpus and --actors fit this machine: a local Ray starts a worker process per CPU
+    """UsageError unless --cpus and --actors fit this machine: a local Ray starts a worker process per CPU
     it is given (113 of them for --cpus 100000 on 2 cores, and the job never began)."""
     if cfg.cpus > machine:
-        raise ValueError(f"--cpus {cfg.cpus} is more than the {machine} CPUs of this machine")
+        raise UsageError(f"--cpus {cfg.cpus} is more than the {machine} CPUs of this machine")
     if cfg.actors * ACTOR_CPUS > machine:
-        raise ValueError(f"--actors {cfg.actors} is more than a local Ray on this machine's {machine} CPUs can run "
+        raise UsageError(f"--actors {cfg.actors} is more than a local Ray on this machine's {machine} CPUs can run "
                          f"(at most {int(machine / ACTOR_CPUS)})")
 
 
