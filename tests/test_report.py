@@ -111,14 +111,20 @@ def test_video_report_names_the_video_and_holds_one_section_per_track(analysis):
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from elsewhere
 
 
-def test_write_report_refuses_to_replace_a_file(tmp_path):
-    target = tmp_path / "clip.html"
-    target.write_text("keep me")
+def test_write_report_replaces_only_its_own_pages_and_only_when_asked(tmp_path):
+    from emorec.report import page
+
+    mine, ours = tmp_path / "mine.html", tmp_path / "clip.html"
+    mine.write_text("keep me")
+    for exist_ok in (False, True):
+        with pytest.raises(FileExistsError, match="mine.html"):
+            write_report(mine, page("new", []), exist_ok=exist_ok)
+    assert mine.read_text() == "keep me"
+    write_report(ours, page("first", []))
     with pytest.raises(FileExistsError, match="clip.html"):
-        write_report(target, "<html></html>")
-    assert target.read_text() == "keep me"
-    write_report(target, "<html></html>", exist_ok=True)
-    assert target.read_text() == "<html></html>" and not list(tmp_path.glob(".clip.html*"))
+        write_report(ours, page("second", []))
+    write_report(ours, page("second", []), exist_ok=True)
+    assert "<title>second</title>" in ours.read_text() and not list(tmp_path.glob(".clip.html*"))
 
 
 def test_photos_report_groups_the_faces_by_emotion():

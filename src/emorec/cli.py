@@ -641,8 +641,8 @@ def _predict(args) -> int:
     say(*(output.results_to_json(results) if args.json else output.format_results(results)).splitlines())
     if args.csv:
         say(f"wrote {args.csv}")
-    if args.report and not args.json:  # stdout stays pure JSON
-        say(f"reports in {args.report}")
+    if cfg.report and not args.json:  # stdout stays pure JSON
+        say(f"reports in {cfg.report}")
     return 1 if any(result.error for result in results) else 0
 
 

@@ -268,7 +268,7 @@ def copies_in(data_paths: Sequence[str | Path], other: str | Path, progress: boo
     thumbs = np.concatenate([inside, np.array(outside, np.uint8).reshape(-1, THUMB_SIDE, THUMB_SIDE)])
     compared = np.flatnonzero(thumbs.reshape(len(thumbs), -1).std(axis=1) >= BLANK_STD)
     found = np.zeros(len(inside), bool)
-    for group in group_pairs(matching_pairs(thumbs[compared], progress), len(compared)):
+    for group in matching_groups(thumbs[compared], progress):
         members = compared[group]
         if (members >= len(inside)).any():
             found[members[members < len(inside)]] = True

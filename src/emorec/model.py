@@ -490,11 +490,13 @@ def _set_onnx_weights(model: keras.Model, found: dict[str, list]) -> None:
     convs, denses = list(found["conv"]), iter(found["dense"])
     folded = {}  # layer name -> (scale, shift) of the BatchNormalization folded into it
     for layer in model.layers:
-        if isinstance(layer, layers.Conv2D):
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
+            # OIHW -> HWIO; a depthwise kernel is a grouped convolution's (C, 1, H, W) -> (H, W, C, 1)
+            order = (2, 3, 0, 1) if isinstance(layer, layers.DepthwiseConv2D) else (2, 3, 1, 0)
             shape = tuple(layer.kernel.shape)
-            index = next(i for i, (kernel, _) in enumerate(convs) if kernel.transpose(2, 3, 1, 0).shape == shape)
+            index = next(i for i, (kernel, _) in enumerate(convs) if kernel.transpose(order).shape == shape)
             kernel, bias = convs.pop(index)
-            kernel = kernel.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+            kernel = kernel.transpose(order)
             layer.set_weights([kernel, bias] if layer.use_bias else [kernel])
             folded[layer.name] = (np.ones_like(bias), bias)
         elif isinstance(layer, layers.Dense):

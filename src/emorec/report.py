@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import cv2
 import numpy as np
 
-from emorec.files import atomic_write_text, check_targets
+from emorec.files import OUTPUT_MARK, atomic_write_text, check_targets
 
 # Colours people tend to read into emotions; the same in every chart and legend of a page.
 EMOTION_COLOURS = {
@@ -46,7 +46,8 @@ def report_path(folder: str | Path, stem: str | Path) -> Path:
 
 
 def write_report(path: str | Path, page: str, exist_ok: bool = False) -> Path:
-    """Write an HTML page atomically; FileExistsError if path exists and exist_ok is False."""
+    """Write an HTML page atomically; an existing file is replaced only with exist_ok and only if emorec wrote it
+    (`files.check_targets`)."""
     path = Path(path)
     check_targets([path], exist_ok)
     return atomic_write_text(path, page)
@@ -327,6 +328,7 @@ def escape(value: Any) -> str:
 def page(title: str, body: Sequence[str]) -> str:
     """A complete HTML document with the report's styles inline."""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="generator" content="{OUTPUT_MARK.decode()}">'  # so --exist-ok may replace it later
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">'
             f"<title>{escape(title)}</title><style>{STYLE}</style></head><body><main>{''.join(body)}"

@@ -59,7 +59,7 @@ class TrainingDiverged(EmorecError, ValueError):
     """The loss became NaN or infinite; the run folder keeps the last good epoch."""
 
 
-class ResumeError(ValueError):
+class ResumeError(EmorecError, ValueError):
     """A run folder whose saved state does not let the run go on; the message names the file and why."""
 
 
