@@ -231,7 +231,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "rename_classes": "happiness=happy,sadness=sad,anger=angry",
         "targets": "soft",
         "unsure": "soft",
-        "epochs": 20,
+        "epochs": 12,
         "batch_size": 128,
         "optimizer": "sgd",
         "learning_rate": 0.05,
