@@ -22,7 +22,7 @@ def test_a_command_logged_to_a_file_writes_one_summary_line_per_bar(fer_tree, ca
     assert main(["check", str(tree)]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err  # stderr is captured, not a terminal: no bar updates
-    assert re.search(r"^checking: 12 file in \d+\.\d s$", err, re.MULTILINE), err
+    assert re.search(r"^checking: 12 files in \d+\.\d s$", err, re.MULTILINE), err
 
 
 def test_progress_flag_draws_the_bars_anyway(fer_tree, capsys):
@@ -30,7 +30,7 @@ def test_progress_flag_draws_the_bars_anyway(fer_tree, capsys):
     assert main(["check", str(tree), "--progress"]) == 0
     err = capsys.readouterr().err
     assert "\r" in err and "checking" in err.split("\n")[0]
-    assert re.fullmatch(r"checking: 12 file in \d+\.\d s\n", err.split("\r")[-1]), err  # after the erased bar
+    assert re.fullmatch(r"checking: 12 files in \d+\.\d s\n", err.split("\r")[-1]), err  # after the erased bar
 
 
 def test_a_bar_left_early_says_how_far_it_got_and_a_disabled_one_says_nothing(capsys):

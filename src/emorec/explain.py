@@ -347,7 +347,7 @@ def _explain_photo(explainer: Explainer, path: Path, png: Path, exist_ok: bool) 
 def _photos_bar(total: int, enabled: bool):
     from emorec.progress import bar
 
-    return bar(total=total, desc="explain", unit="img", enabled=enabled and total > 1)
+    return bar(total=total, desc="explain", unit="image", enabled=enabled and total > 1)
 
 
 def format_results(results: Sequence[ExplainResult]) -> list[str]:

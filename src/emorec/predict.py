@@ -145,7 +145,7 @@ def error_line(path: Path, error: Exception) -> str:
 def _photos_bar(total: int, enabled: bool):
     from emorec.progress import bar
 
-    return bar(total=total, desc="photos", unit="img", enabled=enabled and total > 1)
+    return bar(total=total, desc="photos", unit="image", enabled=enabled and total > 1)
 
 
 # ----------------------------------------------------------------------------

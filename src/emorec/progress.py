@@ -33,7 +33,7 @@ def bar(items: Iterable | None = None, total: int | None = None, desc: str = "",
             done, elapsed = self.n, self.format_dict["elapsed"]
             super().close()
             counted = f"{done}/{self.total}" if self.total and done != self.total else f"{done}"
-            print(f"{desc}: {counted} {unit} in {elapsed:.1f} s", file=sys.stderr, flush=True)
+            print(f"{desc}: {counted} {unit}{'' if done == 1 else 's'} in {elapsed:.1f} s", file=sys.stderr, flush=True)
 
     sink = sys.stderr if _FORCED["bars"] or _is_terminal(sys.stderr) else _Silent()
     return SummarizedBar(items, total=total, desc=desc, unit=unit, leave=False, disable=not enabled, file=sink)
