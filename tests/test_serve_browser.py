@@ -7,6 +7,7 @@ download is not used. Screenshots are saved in each test's tmp folder.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
@@ -92,7 +93,9 @@ def make_y4m(path: Path, frames: int = 20) -> Path:
     return path
 
 
-def test_webcam_frames_get_a_label(server, tmp_path):
+@contextlib.contextmanager
+def webcam_page(server, tmp_path):
+    """The page in its Webcam view, fed a generated clip of a real face through Chromium's fake camera."""
     clip = make_y4m(tmp_path / "clip.y4m")
     with sync_api.sync_playwright() as playwright:
         browser = launch(playwright, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
@@ -101,23 +104,23 @@ def test_webcam_frames_get_a_label(server, tmp_path):
         page = context.new_page()
         page.goto(server)
         page.click("#mode-webcam")
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def test_webcam_frames_get_a_label(server, tmp_path):
+    with webcam_page(server, tmp_path) as page:
         page.wait_for_selector("#faces li", timeout=30_000)
         label = page.get_attribute("#faces li", "data-emotion")
         assert label in DEFAULT_CLASSES
         assert page.text_content("#status").startswith("Webcam: 1 face")
         page.screenshot(path=str(tmp_path / "webcam.png"))
-        browser.close()
 
 
 def test_webcam_faces_get_a_track_id_and_a_strip(server, tmp_path):
-    clip = make_y4m(tmp_path / "clip.y4m")
-    with sync_api.sync_playwright() as playwright:
-        browser = launch(playwright, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                         f"--use-file-for-fake-video-capture={clip}")
-        context = browser.new_context(viewport={"width": 1200, "height": 800}, permissions=["camera"])
-        page = context.new_page()
-        page.goto(server)
-        page.click("#mode-webcam")
+    with webcam_page(server, tmp_path) as page:
         # Three frames in, the one face is still person #1 and its strip holds a step per frame.
         page.wait_for_function("document.querySelectorAll('#people .person[data-track=\"1\"] rect').length >= 3",
                                timeout=60_000)
@@ -131,4 +134,3 @@ def test_webcam_faces_get_a_track_id_and_a_strip(server, tmp_path):
         width = page.eval_on_selector("#people .strip", "strip => strip.getBoundingClientRect().width")
         assert width > 100
         page.screenshot(path=str(tmp_path / "webcam-tracks.png"))
-        browser.close()
