@@ -20,7 +20,7 @@ import emorec
 from emorec import cli
 from emorec.config import PredictConfig
 from emorec.results import FaceResult
-from emorec.video import analyze_video, predict_video, smooth_faces, webcam_index
+from emorec.video import analyze_video, predict_video, smooth_faces
 
 
 def test_video_csv_and_annotated_video(recognizer, tmp_path):
@@ -79,13 +79,6 @@ def test_smoothing_is_exponential_per_face_index():
     assert a.probabilities == pytest.approx({"happy": 0.75, "sad": 0.25}) and a.box == (1, 0, 9, 9)
     assert b.probabilities == {"happy": 0.5, "sad": 0.5}  # a new face index starts unsmoothed
     assert smooth_faces(first, {}, 0.0) is first
-
-
-def test_webcam_index(tmp_path, monkeypatch):
-    assert webcam_index("0") == 0 and webcam_index(2) == 2 and webcam_index("clip.mp4") is None
-    monkeypatch.chdir(tmp_path)
-    Path("3").write_text("a file named like an index")
-    assert webcam_index("3") is None
 
 
 # ----------------------------------------------------------------------------

@@ -45,13 +45,14 @@ from emorec.catalog import onnx_path
 from emorec.config import PredictConfig
 from emorec.errors import EmorecError, UsageError
 from emorec.files import OutputPathError, atomic_path, check_targets
-from emorec.predict import PHOTOS_PER_CALL, error_line, expand_sources, plan_sources, read_photo, video_outputs
+from emorec.predict import PHOTOS_PER_CALL, error_line, read_photo, video_outputs
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, ImageResult, VideoSummary
 from emorec.results import rows as result_rows
 from emorec.runtime import load_runtime, read_info
 from emorec.tracking import DESCRIPTOR_SIZE, face_descriptors
-from emorec.video import FrameCsv, VideoTracks, capture_fps, count_faces, is_video, open_capture, read_frames
+from emorec.sources import expand_sources, is_video, plan_sources
+from emorec.video import FrameCsv, VideoTracks, capture_fps, count_faces, open_capture, read_frames
 
 FRAMES_PER_TASK = 300  # frames one decoding task reads from a video (10 s at 30 fps)
 CPUS_PER_ACTOR = 3  # default pool: one classifier per 3 CPUs (a face: ~10 ms of a core to classify, ~14 to find)

@@ -37,11 +37,11 @@ from emorec.errors import UsageError
 from emorec.images import read_image
 from emorec.extras import require
 from emorec.files import check_output_path, check_targets, save_figure
-from emorec.predict import error_line, expand_sources
+from emorec.predict import error_line
 from emorec.recognizer import Prepared, Recognizer, to_bgr
 from emorec.results import FaceResult
 from emorec.runtime import KerasModel, ModelError
-from emorec.video import is_video
+from emorec.sources import expand_sources, is_video
 
 EXPLAINED = 2  # heat maps per face: the top class and the runner-up
 SHOWN_SIDE = 192  # side the crop and its maps are enlarged to before drawing (a 48-px crop 4x)

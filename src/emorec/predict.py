@@ -15,13 +15,12 @@ text/JSON/CSV formatters (emorec.output).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
 from emorec.config import PredictConfig
-from emorec.images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from emorec.images import ImageReadError, read_image
 from emorec.draw import annotate, save_annotated
 from emorec.files import check_targets
 from emorec.output import format_results, results_to_json, write_csv
@@ -29,7 +28,8 @@ from emorec.pipeline import model_threads, ordered_map
 from emorec.recognizer import WHOLE_IMAGE, Prepared, Recognizer, to_bgr
 from emorec.report import photos_report, report_path, video_report, write_report
 from emorec.results import FaceResult, ImageResult, VideoSummary
-from emorec.video import VIDEO_EXTENSIONS, is_video, predict_video, smooth_faces, webcam_index
+from emorec.sources import expand_sources, is_video, iter_sources, plan_sources, webcam_index
+from emorec.video import predict_video, smooth_faces
 
 __all__ = [
     "FaceResult", "ImageResult", "VideoSummary", "Recognizer", "WHOLE_IMAGE", "annotate", "save_annotated",
@@ -42,39 +42,6 @@ PHOTOS_REPORT = "photos"  # the report of the photos of a run: DIR/photos.html
 # these bounds (the photos wait decoded in memory when annotated copies are saved).
 FACES_PER_CALL = 64
 PHOTOS_PER_CALL = 16
-
-
-# ----------------------------------------------------------------------------
-# Sources
-# ----------------------------------------------------------------------------
-
-
-def iter_sources(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Image and video files: folders expanded recursively by extension, explicit files kept as given.
-
-    Hidden files and folders inside a folder are skipped; a missing explicit
-    path is kept so that it is reported as an error result.
-    """
-    for path, _ in expand_sources(paths):
-        yield path
-
-
-def expand_sources(paths: Iterable[str | Path]) -> list[tuple[Path, Path]]:
-    """(file, output name) pairs of iter_sources; the name keeps the path below a folder source."""
-    pairs = []
-    for source in map(Path, paths):
-        if not source.is_dir():
-            pairs.append((source, Path(source.name)))
-            continue
-        for path in sorted(source.rglob("*")):
-            relative = path.relative_to(source)
-            if path.is_file() and _is_media(path) and not any(p.startswith(".") for p in relative.parts):
-                pairs.append((path, relative))
-    return pairs
-
-
-def _is_media(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 
 # ----------------------------------------------------------------------------
@@ -181,18 +148,6 @@ def run_predict(cfg: PredictConfig, progress: bool = True, recognizer: Recognize
     for source, name in videos:
         results.append(_run_video(source, name, cfg, recognizer, progress))
     return results
-
-
-def plan_sources(sources: list[str]) -> tuple[list[ImageResult], list[str], list[tuple[str, Path | None]]]:
-    """How run_predict splits its sources: error results for folders without media, the photo sources
-    (files and folders, expanded by predict_images) and the (video or webcam, output name) pairs."""
-    images = [s for s in sources if webcam_index(s) is None and not is_video(s)]
-    videos = [(s, None) for s in sources if webcam_index(s) is not None or is_video(s)]
-    folders = {s: expand_sources([s]) for s in images if Path(s).is_dir()}  # each folder walked once here
-    videos += [(str(p), name) for pairs in folders.values() for p, name in pairs if is_video(p)]
-    errors = [ImageResult(str(s), error=f"{s}: no images or videos in this folder") for s, files in folders.items()
-              if not files]
-    return errors, images, videos
 
 
 def planned_outputs(cfg: PredictConfig) -> tuple[list[Path], list[Path]]:

@@ -31,25 +31,11 @@ from emorec.files import InputFileError, atomic_path, check_targets, output_trai
 from emorec.pipeline import in_background, model_threads, ordered_map
 from emorec.recognizer import Recognizer
 from emorec.results import FaceResult, Track, VideoAnalysis, VideoSummary, csv_cells, rows
+from emorec.sources import webcam_index
 from emorec.tracking import FaceTracker, face_descriptors
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 MAX_CAMERA_INDEX = 1023
 WHOLE_FRAME_BOX = (0, 0, 100, 100)  # what the tracker sees of a face classified from the whole frame: one fixed box
-
-
-def is_video(path: str | Path) -> bool:
-    """True for a file name with a video extension."""
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
-
-
-def webcam_index(source: str | int | Path) -> int | None:
-    """The webcam index a source names ("0", 1), or None for a path."""
-    if isinstance(source, int):
-        return source
-    if isinstance(source, Path):
-        return None
-    return int(source) if source.isdigit() and not Path(source).exists() else None
 
 
 def predict_video(
