@@ -432,3 +432,26 @@ def test_two_devices_train_like_one(fer_binary, tmp_path):
     assert more.returncode == 2 and not (tmp_path / "three").exists()
     assert more.stderr.strip().splitlines()[-1] == ("emorec train: error: argument --devices: 3 devices asked for, "
                                                     "but this machine has 2: cpu:0, cpu:1")
+
+
+def test_clean_val_needs_a_separate_val_folder(tmp_path):
+    from emorec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="clean_val needs a separate validation folder"):
+        train_config(data=str(tmp_path), clean_val=True)
+
+
+@pytest.mark.slow
+def test_clean_val_selects_epochs_without_the_val_images_copied_from_train(tmp_path):
+    train_root = copy_fer_subset(tmp_path / "train", "train", ("happy", "surprise"), 12)
+    val_root = copy_fer_subset(tmp_path / "val", "val", ("happy", "surprise"), 5)
+    planted = sorted((train_root / "happy").iterdir())[:3]
+    for index, path in enumerate(planted):  # pixel-identical copies, one re-encoded as PNG
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(val_root / "happy" / f"copy{index}.png"), image)
+    cfg = train_config(**{**_tiny(train_root, tmp_path / "runs").to_dict(), "val": str(val_root), "clean_val": True})
+    result = train(cfg, progress=False)
+    report = json.loads((result.run_dir / "eval.json").read_text())
+    assert report["images"] == 13 and report["copies"] >= 3  # the whole val set is still reported
+    assert report["clean"]["images"] == 13 - report["copies"]
+    assert report["copies_of"] == str(train_root.absolute())

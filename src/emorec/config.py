@@ -93,6 +93,8 @@ class TrainConfig:
                                "targets mix the labels with the teachers' flip-TTA probabilities")
     teacher_weight: float = _field(0.5, "with teacher: weight w of the teachers in the targets, (1 - w) * labels + w * teachers")
     temperature: float = _field(2.0, "with teacher: teacher probabilities are raised to 1 / temperature and renormalised")
+    clean_val: bool = _field(False, "select the best epoch on the val images without a copy in the training data "
+                                    "(emorec.duplicates.copies_in); the final report gives both (needs val)")
     patience: int = _field(10, "early-stopping patience in epochs (0 disables it)")
     mixed_precision: bool = _field(False, "train in bfloat16 mixed precision (GPU); saved in float32")
     time_limit: float = _field(0.0, "stop after this many minutes, keeping the best (0: none)")
@@ -138,6 +140,9 @@ class TrainConfig:
             rename_pairs(self.rename_classes)
         except ValueError as error:
             raise ConfigError(f"rename_classes: {error}", "rename_classes", str(error)) from None
+        if self.clean_val and self.val is None:
+            raise ConfigError("clean_val needs a separate validation folder (--val DIR)", "clean_val",
+                              "needs a separate validation folder (--val DIR)")
         if self.val is None and self.val_split == 0.0:
             raise ConfigError("val_split=0 needs a separate validation set (--val DIR)", "val_split",
                               "0 needs a separate validation set (--val DIR)")

@@ -210,6 +210,7 @@ class TrainingData:
     class_counts: list[int]
     steps_per_epoch: int
     cleanup: list[Path]
+    val_copies: np.ndarray | None = None  # with clean_val: True for each of val_arrays with a copy in the training data
 
 
 # ----------------------------------------------------------------------------
@@ -397,6 +398,28 @@ def _with_teacher(cfg: TrainConfig, data: TrainingData, run_dir: Path, progress:
     teacher = distill.cached_teacher_probabilities(run_dir, cfg.teacher, images, data.class_names, say)
     mixed = distill.mix_targets(targets, teacher, cfg.teacher_weight, cfg.temperature)
     return dataclasses.replace(data, train=(images, mixed))
+
+
+def _clean_validation(cfg: TrainConfig, sources: TrainingSources, data: TrainingData, progress: bool) -> TrainingData:
+    """The data validated each epoch on the val images without a copy in cfg.data; the final report keeps them all."""
+    from emorec.duplicates import copies_in
+
+    if sources.labelled is not None:
+        val = sources.labelled[1]
+        paths = [val.paths[i] for i in np.flatnonzero(val.majority >= 0)]  # the order of _from_label_files
+        images, labels = data.val_arrays
+    else:
+        arrays = data_lib.load_arrays(sources.reports[1], cfg.image_size, cfg.channels, progress)
+        paths, images, labels = sources.reports[1].valid_paths, arrays.images, arrays.labels
+    copies = copies_in(paths, cfg.data, progress)
+    if copies.all():
+        raise data_lib.DatasetError(f"{cfg.val}: every validation image has a copy in {cfg.data}; nothing is left "
+                                    "to select epochs on")
+    if progress:
+        print(f"clean validation: {int(copies.sum())} of {len(copies)} val images have a copy in the training data "
+              f"and are left out of the epoch selection", flush=True)
+    clean = (images[~copies], _targets(labels[~copies], len(data.class_names)))
+    return dataclasses.replace(data, val=clean, val_arrays=(images, labels), val_copies=copies)
 
 
 def _as_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -703,6 +726,8 @@ def _run(cfg: TrainConfig, sources: TrainingSources, run_dir: Path, state: RunSt
         data = load_training_data(cfg, sources, run_dir, progress)
         if cfg.teacher:
             data = _with_teacher(cfg, data, run_dir, progress)
+        if cfg.clean_val:
+            data = _clean_validation(cfg, sources, data, progress)
         try:
             return _fit_and_save(cfg, data, run_dir, state, progress)
         finally:
@@ -819,7 +844,7 @@ def _fit_and_save(cfg: TrainConfig, data: TrainingData, run_dir: Path, state: Ru
     if checkpoint.diverged_epoch:
         raise TrainingDiverged(_diverged_message(run_dir, checkpoint.diverged_epoch))
     best, _ = load_model(run.best_path)
-    report = _final_report(best, data, run_dir, (cfg.val_labels or cfg.labels) if cfg.labels else "folders")
+    report = _final_report(best, data, run_dir, (cfg.val_labels or cfg.labels) if cfg.labels else "folders", cfg.data)
     shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)  # complete: nothing left to resume
     return RunResult(run_dir, run.best_path, state.history, report, state.seconds, cfg)
 
@@ -903,7 +928,8 @@ def _for_inference(model: keras.Model, cfg: TrainConfig, weights: list[float] | 
     return plain
 
 
-def _final_report(model: keras.Model, data: TrainingData, run_dir: Path, label_source: str = "folders") -> EvalReport:
+def _final_report(model: keras.Model, data: TrainingData, run_dir: Path, label_source: str = "folders",
+                  copies_of: str | None = None) -> EvalReport:
     if data.val_arrays is not None:
         images, labels = data.val_arrays
     else:
@@ -912,5 +938,10 @@ def _final_report(model: keras.Model, data: TrainingData, run_dir: Path, label_s
     probs = predict_probabilities(model, images)
     report = compute_metrics(labels, probs.argmax(axis=1), data.class_names)
     report.labels = label_source  # a label file's majority, or the folder names
+    if data.val_copies is not None:
+        copies, predicted = data.val_copies, probs.argmax(axis=1)
+        report.copies_of, report.copies = copies_of, int(copies.sum())
+        report.clean = compute_metrics(labels[~copies], predicted[~copies], data.class_names)
+        report.clean.labels = label_source
     write_report(report, run_dir, overwrite=True)
     return report
