@@ -1,6 +1,6 @@
 """Inference speed and footprint: emorec on ONNX Runtime (float32 and int8), on Keras/TensorFlow, and `fer`, in one run.
 
-    .venv/bin/python benchmarks/inference.py [--repeats 5] [--skip-venv-size] [--tools onnx int8 keras fer]
+    .venv/bin/python benchmarks/inference.py [--repeats 5] [--skip-venv-size] [--tools onnx int8 compact compact-int8 keras fer]
 
 Figures (each tool in its own subprocess, so memory is its own):
 * cold start: wall seconds of `emorec predict ONE.jpg` (median of --repeats),
@@ -45,8 +45,10 @@ PHOTOS = DATA / "photos"
 RESULTS = HERE / "results" / "inference.json"
 KERAS_MODEL = Path(tempfile.gettempdir()) / "emorec-benchmark-bundled.keras"  # see ensure_keras_model
 ONE_PHOTO = PHOTOS / "Ellen_DeGeneres_0002.jpg"
-TOOLS = ("onnx", "int8", "keras", "fer")
-MODELS = {"onnx": "bundled", "int8": "bundled-int8", "keras": str(KERAS_MODEL)}  # emorec's --model per tool
+TOOLS = ("onnx", "int8", "compact", "compact-int8", "keras", "fer")
+# emorec's --model per tool: the default model (float32, int8), the compact one (float32, int8), the default in Keras
+MODELS = {"onnx": "bundled", "int8": "bundled-int8", "compact": "compact", "compact-int8": "compact-int8",
+          "keras": str(KERAS_MODEL)}
 FOLDER_COPIES = 18  # 56 photos x 18 = 1,008 files
 VIDEO_FRAMES = 150
 
@@ -279,7 +281,8 @@ def table(results: dict) -> str:
             ("classifier img/s, batch 1", "images_per_s_batch1", "{:.0f}"),
             ("classifier img/s, batch 64", "images_per_s_batch64", "{:.0f}")]
     tools = [t for t in TOOLS if t in results["tools"]]
-    names = {"onnx": "emorec ONNX", "int8": "emorec ONNX int8", "keras": "emorec Keras", "fer": "fer"}
+    names = {"onnx": "emorec ONNX", "int8": "emorec ONNX int8", "compact": "emorec compact", "compact-int8": "emorec compact int8",
+             "keras": "emorec Keras", "fer": "fer"}
     lines = [f"| figure | {' | '.join(names[t] for t in tools)} |", "|---" * (len(tools) + 1) + "|"]
     for label, key, fmt in rows:
         cells = [results["tools"][t].get(key) for t in tools]
@@ -321,7 +324,7 @@ def main(argv=None) -> None:
     if {"onnx", "int8", "keras"} <= set(args.tools):
         done = subprocess.run([sys.executable, __file__, "--classifier-worker"], capture_output=True, text=True)
         classifier = json.loads(done.stdout.strip().splitlines()[-1])
-        for tool in MODELS:
+        for tool in [tool for tool in MODELS if tool in results["tools"]]:
             for batch in (1, 64):
                 results["tools"][tool][f"images_per_s_batch{batch}"] = classifier.pop(f"{tool}_images_per_s_batch{batch}")
         results["agreement"] = classifier

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).parent / "models"
-BUNDLED_NAMES = ("fer2013", "ferplus")  # models shipped in MODELS_DIR; see their model cards there
+BUNDLED_NAMES = ("fer2013", "ferplus", "compact")  # models shipped in MODELS_DIR; see their model cards there
 DEFAULT_MODEL = "ferplus"  # what "bundled" (and no model at all) means: see the model cards for why
 BUNDLED_ONNX = MODELS_DIR / f"emorec-{DEFAULT_MODEL}.onnx"
 MODEL_SUFFIXES = (".onnx", ".keras")

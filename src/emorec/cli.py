@@ -354,7 +354,7 @@ _TRAIN_FLAGS_SKIPPED = {"data", "recipe"}
 def _add_train(commands) -> None:
     cmd = commands.add_parser("train", help="train a model and write a run folder (runs/<name>/)")
     cmd.add_argument("data", nargs="?", help="class folders (or a .npz pack from `emorec pack`)")
-    cmd.add_argument("--recipe", choices=sorted(RECIPES), default="", help="start from a named recipe (fer2013, ferplus: the bundled models')")
+    cmd.add_argument("--recipe", choices=sorted(RECIPES), default="", help="start from a named recipe (fer2013, ferplus, compact: the bundled models')")
     cmd.add_argument("--config", metavar="FILE", help="read options from a JSON or YAML file, e.g. a run's config.json "
                      "(precedence: defaults < recipe < file < flags; switches are true or false, counts whole numbers)")
     cmd.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch, "
@@ -468,7 +468,7 @@ def _print_interrupted(stop) -> None:
 
 def _add_evaluate(commands) -> None:
     cmd = commands.add_parser("evaluate", help="metrics, confusion matrix and JSON report of a model on labelled data")
-    cmd.add_argument("model", help=".onnx or .keras model file, or a bundled model: fer2013, ferplus (\"bundled\": the default one)")
+    cmd.add_argument("model", help=".onnx or .keras model file, or a bundled model: fer2013, ferplus, compact (\"bundled\": the default one)")
     cmd.add_argument("data", help="class folders (or a .npz pack) to evaluate on")
     cmd.add_argument("--out", default=None, help="folder for eval.json and confusion_matrix.png (default: a new runs/evaluate/<model>/)")
     _add_tta_flag(cmd)
@@ -579,7 +579,7 @@ _DETECTOR_FLAG = dict(help="face detector: auto, haar, ... (default: auto)")
 _DETECT_FLAG = dict(help="--no-detect: the inputs are already face crops (default: --detect, find the faces first)")
 # Command-line wording where a field's help speaks of the Python API (None, module names).
 _PREDICT_FLAGS = {
-    "model": dict(help=".onnx or .keras model, or a bundled one by name: fer2013, ferplus, fer2013-int8, ferplus-int8 "
+    "model": dict(help=".onnx or .keras model, or a bundled one by name: fer2013, ferplus, compact, NAME-int8 "
                   "(default: \"bundled\", the default one, on ONNX Runtime)"),
     "detector": _DETECTOR_FLAG,
     "detect": _DETECT_FLAG,
@@ -704,7 +704,7 @@ _EXPLAIN_FLAGS = {
 def _add_explain(commands) -> None:
     cmd = commands.add_parser("explain", help="Grad-CAM overlays: which part of each face drove the prediction (needs emorec[train])")
     cmd.add_argument("sources", nargs="+", metavar="[MODEL] PHOTO|FOLDER", help="photos or folders (walked recursively); "
-                     "a leading .keras or .onnx file or a bundled model's name (fer2013, ferplus, \"bundled\") names the model "
+                     "a leading .keras or .onnx file or a bundled model's name (fer2013, ferplus, compact, \"bundled\") names the model "
                      "(default: the default bundled model)")
     for item in dataclasses.fields(ExplainConfig):
         if item.name not in ("sources", "model"):  # the model is the leading source

@@ -88,7 +88,7 @@ class TrainConfig:
     targets: str = _field("soft", "with vote columns: train on the vote distribution (soft) or the majority class")
     unsure: str = _field("drop", "images without a majority vote: drop them, or keep them as soft targets")
     folder_weight: float = _field(0.0, "weight a of the folder label in the targets: a * folder + (1 - a) * file labels")
-    weights: str = _field("", "start from this saved model (a bundled one by name: fer2013, ferplus) to fine-tune it")
+    weights: str = _field("", "start from this saved model (a bundled one by name: fer2013, ferplus, compact) to fine-tune it")
     teacher: str = _field("", "distil from these models (comma-separated bundled names or files, e.g. ferplus): "
                                "targets mix the labels with the teachers' flip-TTA probabilities")
     teacher_weight: float = _field(0.5, "with teacher: weight w of the teachers in the targets, (1 - w) * labels + w * teachers")
@@ -350,7 +350,7 @@ class PredictConfig:
     """Everything `emorec predict` needs."""
 
     sources: list[str] = _field([], "images, folders, videos, or a webcam index")
-    model: str | None = _field(None, ".onnx or .keras file, or a bundled model's name (fer2013, ferplus); None: the default")
+    model: str | None = _field(None, ".onnx or .keras file, or a bundled model's name (fer2013, ferplus, compact); None: the default")
     detector: str = _field("auto", "face detector name (see emorec.faces)")
     detect: bool = _field(True, "False treats every input as an already cropped face")
     tta: str = _field("none", "test-time augmentation: none, flip (mirror) or multi (12 views)")
@@ -380,7 +380,7 @@ class PredictConfig:
 class ServeConfig:
     """Everything `emorec serve` needs."""
 
-    model: str | None = _field(None, ".onnx or .keras file, or a bundled model's name (fer2013, ferplus); None: the default")
+    model: str | None = _field(None, ".onnx or .keras file, or a bundled model's name (fer2013, ferplus, compact); None: the default")
     detector: str = _field("auto", "face detector name (see emorec.faces)")
     host: str = _field("127.0.0.1", "address to listen on")
     port: int = _field(8000, "TCP port")
