@@ -34,26 +34,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from serve_load import free_port, rss_mb  # a sibling script: the benchmarks folder is on sys.path
 
 HERE = Path(__file__).resolve().parent
 PHOTOS = HERE.parent.parent / "shared" / "data" / "photos"
 RESULTS = HERE / "results" / "serve_hostile.json"
 BOUNDARY = "emorec-bench"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now, on loopback."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident memory so far (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def multipart(files: list[tuple[str, bytes]]) -> bytes:
@@ -86,12 +72,12 @@ def deep_pngs(port: int, pid: int) -> dict:
     png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
     del image
     body = multipart([(f"deep{i}.png", png) for i in range(8)])
-    before = peak_rss_mb(pid)
+    before = rss_mb(pid, "VmHWM")
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda _: post(port, body), range(2)))
     return {"png_mb": round(len(png) / 1e6, 2), "request_mb": round(len(body) / 1e6, 2),
             "answers": answers, "server_peak_rss_mb_before": round(before),
-            "server_peak_rss_mb": round(peak_rss_mb(pid))}
+            "server_peak_rss_mb": round(rss_mb(pid, "VmHWM"))}
 
 
 def slow_senders(port: int, photo: bytes, senders: int = 40, normal: int = 10) -> dict:

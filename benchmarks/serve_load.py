@@ -38,10 +38,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, from /proc."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process from /proc, in MB: now (VmRSS) or its peak so far (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

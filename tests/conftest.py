@@ -157,3 +157,15 @@ def assert_distribution(face, classes=FER_CLASSES) -> None:
     assert list(face.probabilities) == list(classes)
     assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
     assert face.emotion in classes and face.confidence == max(face.probabilities.values())
+
+
+def traced_peak(call):
+    """(call(), the peak bytes Python allocations reached while it ran: tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

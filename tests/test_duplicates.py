@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import FER, PHOTOS, PHOTO_NAMES, copy_fer_subset, require, write_image
+from conftest import FER, PHOTOS, PHOTO_NAMES, copy_fer_subset, require, traced_peak, write_image
 
 from emorec.cli import main
 from emorec.duplicates import copies_in, find_duplicates, group_pairs, matching_groups, matching_pairs, rank_images
@@ -146,18 +146,11 @@ def test_many_copies_group_as_when_every_pair_is_compared(tmp_path):
 
 
 def test_identical_copies_are_compared_once_so_memory_stays_linear():
-    import tracemalloc
-
     rng = np.random.default_rng(0)
     face = cv2.GaussianBlur(rng.integers(0, 256, (32, 32), dtype=np.uint8), (5, 5), 1)
     others = np.stack([cv2.GaussianBlur(rng.integers(0, 256, (32, 32), dtype=np.uint8), (5, 5), 1) for _ in range(20)])
     thumbs = np.concatenate([np.repeat(face[None], 4000, axis=0), others])
-    tracemalloc.start()
-    try:
-        groups = matching_groups(thumbs)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    groups, peak = traced_peak(lambda: matching_groups(thumbs))
     assert groups == [list(range(4000))]
     assert peak < 120 * 2**20  # every pair: 8 million candidate pairs, over 250 MiB
 

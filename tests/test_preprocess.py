@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import traced_peak
 
 from emorec.preprocess import to_bgr8, to_model_input
 
@@ -45,17 +46,10 @@ def test_to_model_input_shrinks_by_area_and_enlarges_linearly():
 
 @pytest.mark.parametrize("dtype, bound", [(np.uint16, 1.0), (np.float32, 1.5)])
 def test_deep_arrays_become_8_bit_without_float64_copies(dtype, bound):
-    import tracemalloc
-
     rng = np.random.default_rng(0)
     shape = (500, 500, 3)
     deep = rng.integers(0, 65536, shape).astype(dtype) if dtype == np.uint16 else rng.random(shape, dtype)
-    tracemalloc.start()
-    try:
-        image = to_bgr8(deep)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    image, peak = traced_peak(lambda: to_bgr8(deep))
     expected = np.round(deep / 257 if dtype == np.uint16 else deep * 255).astype(np.uint8)
     np.testing.assert_array_equal(image, expected)
     assert peak < bound * deep.nbytes  # 16-bit: the 8-bit result only; floats: one float32 working copy
